@@ -1,0 +1,118 @@
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <peft/target_modules.h>
+
+namespace peft {
+
+namespace detail {
+struct ConfigFields;
+}  // namespace detail
+
+/// Ordered key -> value patterns (Python dicts keep insertion order, and the first matching key wins).
+template <class T>
+using PatternMap = std::vector<std::pair<std::string, T>>;
+
+/// Base of every adapter config. Holds the fields all injectable methods share (which modules to adapt,
+/// which to train and save whole, inference mode); each method adds its own in a subclass.
+class PeftConfig {
+ public:
+  virtual ~PeftConfig() = default;
+
+  /// Python PEFT's peft_type, e.g. "LORA".
+  virtual std::string peft_type() const = 0;
+  virtual std::shared_ptr<PeftConfig> clone() const = 0;
+  /// Checks what Python PEFT checks when a config is created; throws peft::ConfigError.
+  virtual void validate() const;
+  /// "none", "all" or "<method>_only": which biases of the model are trained and saved with the adapter.
+  virtual std::string bias_mode() const { return "none"; }
+
+  const TargetModules& target_modules() const noexcept { return target_modules_; }
+  const TargetModules& exclude_modules() const noexcept { return exclude_modules_; }
+  const std::optional<std::vector<std::string>>& modules_to_save() const noexcept { return modules_to_save_; }
+  const std::optional<std::vector<int64_t>>& layers_to_transform() const noexcept { return layers_to_transform_; }
+  const std::optional<std::vector<std::string>>& layers_pattern() const noexcept { return layers_pattern_; }
+  bool inference_mode() const noexcept { return inference_mode_; }
+  const std::optional<std::string>& task_type() const noexcept { return task_type_; }
+  const std::optional<std::string>& base_model_name_or_path() const noexcept { return base_model_name_or_path_; }
+  const std::optional<std::string>& revision() const noexcept { return revision_; }
+
+  /// The config as Python PEFT's adapter_config.json would hold it (sorted keys, 2-space indent).
+  std::string to_json_string() const;
+
+ protected:
+  friend struct detail::ConfigFields;
+
+  TargetModules target_modules_;
+  TargetModules exclude_modules_;
+  std::optional<std::vector<std::string>> modules_to_save_;
+  std::optional<std::vector<int64_t>> layers_to_transform_;
+  std::optional<std::vector<std::string>> layers_pattern_;
+  bool inference_mode_ = false;
+  std::optional<std::string> task_type_;
+  std::optional<std::string> base_model_name_or_path_;
+  std::optional<std::string> revision_;
+};
+
+/// Prints the config as its JSON form, prefixed with the class name.
+std::ostream& operator<<(std::ostream& os, const PeftConfig& config);
+
+/// Chaining setters for the shared fields, returning the concrete config type (LibTorch options style):
+/// `peft::LoraConfig().r(16).target_modules({"q_proj", "v_proj"}).modules_to_save({"lm_head"})`.
+template <class Derived>
+class TunerConfig : public PeftConfig {
+ public:
+  using PeftConfig::exclude_modules;
+  using PeftConfig::inference_mode;
+  using PeftConfig::layers_pattern;
+  using PeftConfig::layers_to_transform;
+  using PeftConfig::modules_to_save;
+  using PeftConfig::target_modules;
+  using PeftConfig::task_type;
+  using PeftConfig::base_model_name_or_path;
+  using PeftConfig::revision;
+
+  Derived& target_modules(TargetModules value) { target_modules_ = std::move(value); return self(); }
+  Derived& exclude_modules(TargetModules value) { exclude_modules_ = std::move(value); return self(); }
+  Derived& modules_to_save(std::optional<std::vector<std::string>> value) {
+    modules_to_save_ = std::move(value);
+    return self();
+  }
+  Derived& layers_to_transform(std::optional<std::vector<int64_t>> value) {
+    layers_to_transform_ = std::move(value);
+    return self();
+  }
+  Derived& layers_pattern(std::optional<std::vector<std::string>> value) {
+    layers_pattern_ = std::move(value);
+    return self();
+  }
+  Derived& inference_mode(bool value) { inference_mode_ = value; return self(); }
+  Derived& task_type(std::optional<std::string> value) { task_type_ = std::move(value); return self(); }
+  Derived& base_model_name_or_path(std::optional<std::string> value) {
+    base_model_name_or_path_ = std::move(value);
+    return self();
+  }
+  Derived& revision(std::optional<std::string> value) { revision_ = std::move(value); return self(); }
+
+  std::shared_ptr<PeftConfig> clone() const override { return std::make_shared<Derived>(self()); }
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
+/// Reads Python PEFT's adapter_config.json (a file path). Only `peft_type` is required; missing fields take
+/// their defaults, unknown fields are ignored with one warning naming them, and values peft-cpp cannot
+/// honour are rejected with peft::ConfigError.
+std::shared_ptr<PeftConfig> load_config(const std::string& adapter_config_json_path);
+/// Same, from the JSON text.
+std::shared_ptr<PeftConfig> config_from_json_string(const std::string& json_text);
+
+}  // namespace peft

@@ -1,0 +1,12 @@
+#pragma once
+
+// peft-cpp: Hugging Face PEFT's adapter injection for LibTorch models.
+
+#include <peft/config.h>
+#include <peft/error.h>
+#include <peft/inject.h>
+#include <peft/layers.h>
+#include <peft/safetensors.h>
+#include <peft/state_dict.h>
+#include <peft/target_modules.h>
+#include <peft/tuners/lora/config.h>

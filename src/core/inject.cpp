@@ -1,0 +1,255 @@
+// inject_adapter_in_model: Python PEFT's BaseTuner.inject_adapter, in three phases so a failure leaves
+// the model untouched: (1) decide which layers to adapt and report config problems, (2) prepare every
+// layer's new modules (allocation, initialisation, shape checks), (3) commit all of them at once.
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+#include <unordered_set>
+
+#include <c10/util/Exception.h>
+
+#include <peft/error.h>
+#include <peft/inject.h>
+
+#include "core/json_config.h"
+#include "core/matching.h"
+#include "core/model_adapters.h"
+#include "core/module_walk.h"
+#include "core/tuner_registry.h"
+#include "routing/routing_check.h"
+#include "tuners/modules_to_save/layer.h"
+
+namespace peft::detail {
+namespace {
+
+const std::string kPeftPrefix = "base_model.model.";
+
+std::string strip_peft_prefix(const std::string& key) {
+  return key.compare(0, kPeftPrefix.size(), kPeftPrefix) == 0 ? key.substr(kPeftPrefix.size()) : key;
+}
+
+std::string join_sorted(std::set<std::string> names) {
+  std::string out = "[";
+  bool first = true;
+  for (const auto& name : names) {
+    out += (first ? "'" : ", '") + name + "'";
+    first = false;
+  }
+  return out + "]";
+}
+
+std::string layer_note(const PeftConfig& config) {
+  std::string note;
+  if (config.layers_to_transform()) {
+    note += " Note: You specified 'layers_to_transform': [";
+    for (size_t i = 0; i < config.layers_to_transform()->size(); ++i) {
+      note += (i ? ", " : "") + std::to_string((*config.layers_to_transform())[i]);
+    }
+    note += "].";
+  }
+  if (config.layers_pattern()) {
+    note += " You also specified 'layers_pattern': ";
+    const auto& patterns = *config.layers_pattern();
+    if (patterns.size() == 1) {
+      note += patterns[0];
+    } else {
+      note += "[";
+      for (size_t i = 0; i < patterns.size(); ++i) note += (i ? ", '" : "'") + patterns[i] + "'";
+      note += "]";
+    }
+    note += ".";
+  }
+  return note;
+}
+
+// Python's _maybe_include_all_linear_layers: "all-linear" becomes the names of every Linear-like layer.
+void expand_all_linear(PeftConfig& config, torch::nn::Module& model) {
+  if (!config.target_modules().is_all_linear()) return;
+  std::vector<std::string> names;
+  walk_modules(model, [&](const ModuleVisit& v) {
+    if (v.name.empty()) return;
+    auto layer = describe_layer(v.module);
+    if (layer && layer->is_linear()) names.push_back(v.name);
+  });
+  ConfigFields::set_target_modules(config, TargetModules(std::move(names)));
+}
+
+struct Candidate {
+  std::string name;
+  torch::nn::Module* module;
+};
+
+}  // namespace
+
+void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::string& adapter_name,
+            bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const CallerProbes& probes) {
+  const Tuner* tuner = find_tuner_for(user_config.peft_type());
+  if (!tuner) {
+    throw ConfigError("`inject_adapter_in_model` does not support " + user_config.peft_type() + " yet.");
+  }
+  if (adapter_name.empty() || adapter_name.find('.') != std::string::npos) {
+    throw AdapterNameError("Adapter name '" + adapter_name +
+                           "' is not usable: it must be non-empty and contain no '.' (it becomes a module name).");
+  }
+  std::shared_ptr<PeftConfig> config = user_config.clone();
+  config->validate();
+
+  // ---- adapters already in the model
+  const ModelAdapters existing = collect_adapters(model);
+  if (existing.has(adapter_name)) {
+    throw AdapterNameError("An adapter named '" + adapter_name + "' is already in the model (adapters: " +
+                           existing.names_text() + "). Choose another name, or delete it first.");
+  }
+  if (!existing.empty()) {
+    TORCH_WARN("Already found a `peft_config` attribute in the model. This will lead to having multiple adapters in "
+               "the model. Make sure to know what you are doing!");
+  }
+  std::vector<std::shared_ptr<const PeftConfig>> existing_configs = existing.configs();
+  const int with_bias = (config->bias_mode() != "none") +
+                        static_cast<int>(std::count_if(existing_configs.begin(), existing_configs.end(),
+                                                       [](const auto& c) { return c->bias_mode() != "none"; }));
+  if (with_bias > 1) {
+    throw ConfigError(std::string(tuner->peft_type()) +
+                      " supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all "
+                      "adapters.");
+  }
+  tuner->check_new_adapter(*config, existing_configs);
+
+  if (!state_dict && !config->target_modules().is_set()) {
+    throw ConfigError("Please specify `target_modules` or `target_parameters`in `peft_config`");
+  }
+  expand_all_linear(*config, model);
+
+  // ---- phase 1: which layers
+  std::vector<Candidate> modules;
+  walk_modules(model, [&](const ModuleVisit& v) {
+    if (!v.name.empty()) modules.push_back({v.name, &v.module});
+  });
+
+  std::vector<Candidate> targets;
+  std::vector<std::string> excluded, unmatched;
+  if (state_dict) {
+    // The layers the state dict has tensors for: "<module>.<prefix>..." names <module> (Python's rule),
+    // with or without save_pretrained's "base_model.model." prefix.
+    const std::string marker = std::string(".") + tuner->prefix();
+    std::unordered_set<std::string> from_keys;
+    for (const auto& item : *state_dict) {
+      std::string key = strip_peft_prefix(item.key());
+      const auto pos = key.rfind(marker);
+      from_keys.insert(pos == std::string::npos ? key : key.substr(0, pos));
+    }
+    std::set<std::string> by_keys, by_config;
+    std::optional<TargetMatcher> matcher;
+    if (config->target_modules().is_set()) matcher.emplace(*config);
+    for (const Candidate& c : modules) {
+      if (from_keys.count(c.name)) {
+        targets.push_back(c);
+        by_keys.insert(c.name);
+      } else {
+        unmatched.push_back(c.name);
+      }
+      if (matcher && matcher->match(c.name) == MatchResult::Match) by_config.insert(c.name);
+    }
+    if (matcher) {
+      std::set<std::string> only_config, only_keys;
+      std::set_difference(by_config.begin(), by_config.end(), by_keys.begin(), by_keys.end(),
+                          std::inserter(only_config, only_config.end()));
+      std::set_difference(by_keys.begin(), by_keys.end(), by_config.begin(), by_config.end(),
+                          std::inserter(only_keys, only_keys.end()));
+      if (!only_config.empty() || !only_keys.empty()) {
+        std::string message =
+            "While injecting the PEFT adapters, an inconsistency was discovered between the PEFT config and the "
+            "provided state_dict. This is not necessarily an issue and can be ignored if this was the intent. ";
+        if (!only_config.empty()) message += "The PEFT config contained these additional target modules: " + join_sorted(only_config) + ". ";
+        if (!only_keys.empty()) message += "The state_dict contained these additional target modules: " + join_sorted(only_keys) + ". ";
+        TORCH_WARN(message);
+      }
+    }
+    // The layers actually adapted become the config's targets, so the saved config selects them again.
+    if (!config->target_modules().is_set()) {
+      std::vector<std::string> names(by_keys.begin(), by_keys.end());
+      ConfigFields::set_target_modules(*config, TargetModules(std::move(names)));
+    }
+  } else {
+    const TargetMatcher matcher(*config);
+    for (const Candidate& c : modules) {
+      switch (matcher.match(c.name)) {
+        case MatchResult::Match: targets.push_back(c); break;
+        case MatchResult::Excluded: excluded.push_back(c.name); break;
+        case MatchResult::NoMatch: unmatched.push_back(c.name); break;
+      }
+    }
+  }
+
+  if (targets.empty()) {
+    if (!excluded.empty() && unmatched.empty()) {
+      throw NoMatchingPeftModuleError(
+          "All modules were excluded. This is likely unintended. Check your `target_modules`, `exclude_modules` and "
+          "`modules_to_save` configuration.");
+    }
+    if (excluded.empty()) {
+      std::ostringstream targets_text;
+      targets_text << config->target_modules();
+      if (state_dict) {
+        throw NoMatchingPeftModuleError(
+            "No module of the model is named by the keys of the given state_dict (for example '" +
+            (state_dict->is_empty() ? std::string() : state_dict->begin()->key()) +
+            "'). Check that the state dict belongs to this model and adapter method.");
+      }
+      throw NoMatchingPeftModuleError("Target modules " + targets_text.str() +
+                                      " not found in the base model. Please check the target modules and try again." +
+                                      layer_note(*config));
+    }
+    throw NoMatchingPeftModuleError(
+        "No modules were targeted for adaptation. This might be caused by a combination of mismatched target modules "
+        "and excluded modules. Please check your `target_modules` and `exclude_modules` configuration. You may also "
+        "have only targeted modules that are marked to be saved (`modules_to_save`)." + layer_note(*config));
+  }
+  if (config->exclude_modules().is_set() && excluded.empty() &&
+      !(config->exclude_modules().is_names() && config->exclude_modules().names().empty())) {
+    std::ostringstream text;
+    text << config->exclude_modules();
+    TORCH_WARN("You have passed exclude_modules=", text.str(),
+               " but no modules were excluded. Please check that exclude_modules was set correctly.");
+  }
+
+  // ---- phase 2: prepare every change; nothing in the model changes yet
+  std::shared_ptr<const PeftConfig> shared_config = config;
+  std::unique_ptr<LayerPlanner> planner = tuner->make_planner(*config);
+  std::vector<std::unique_ptr<PendingChange>> pending;
+  std::set<LayerKind> routed_kinds;
+  std::unordered_set<const torch::nn::Module*> adapted;
+  for (const Candidate& target : targets) {
+    std::optional<BaseLayer> base = describe_layer(*target.module);
+    if (!base) throw UnsupportedLayerError(tuner->unsupported_layer_message(*target.module));
+    LayerRequest request{shared_config, adapter_name, target.name, *base, find_tuner(*target.module), low_cpu_mem_usage};
+    pending.push_back(planner->prepare_layer(request));
+    if (needs_routing(*target.module, base->kind)) routed_kinds.insert(base->kind);
+    adapted.insert(target.module);
+  }
+  if (const auto& modules_to_save = config->modules_to_save()) {
+    for (const Candidate& c : modules) {
+      if (!matches_modules_to_save(*modules_to_save, c.name)) continue;
+      if (adapted.count(c.module)) {
+        throw ConfigError("modules_to_save: '" + c.name + "' is also selected by target_modules; a layer cannot be "
+                          "both adapted and saved whole. Adjust `modules_to_save` or `target_modules`.");
+      }
+      std::optional<BaseLayer> base = describe_layer(*c.module);
+      if (!base) {
+        throw UnsupportedLayerError("modules_to_save: '" + c.name + "' (" + short_repr(*c.module) +
+                                    ") is not a layer peft-cpp can route; list torch::nn::Linear, Embedding, "
+                                    "Conv1d/2d/3d or LayerNorm layers in `modules_to_save`");
+      }
+      pending.push_back(prepare_modules_to_save(*base, c.name, adapter_name, shared_config, find_tuner(*c.module)));
+      if (needs_routing(*c.module, base->kind)) routed_kinds.insert(base->kind);
+    }
+  }
+  for (LayerKind kind : routed_kinds) check_routing(kind, probes);
+
+  // ---- phase 3: commit
+  for (auto& change : pending) change->commit();
+  activate_after_injection(model, adapter_name, *config);
+}
+
+}  // namespace peft::detail

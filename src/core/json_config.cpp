@@ -1,0 +1,294 @@
+#include "core/json_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <c10/util/Exception.h>
+
+#include <peft/error.h>
+
+#include "core/tuner_registry.h"
+
+namespace peft::detail {
+namespace {
+
+using json = nlohmann::json;
+
+std::string describe(const json& value) {
+  std::string text = value.dump();
+  if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
+}
+
+// Python PEFT's prompt-learning methods: they are not injected into layers.
+bool is_prompt_learning(const std::string& peft_type) {
+  return peft_type == "PROMPT_TUNING" || peft_type == "P_TUNING" || peft_type == "PREFIX_TUNING" ||
+         peft_type == "MULTITASK_PROMPT_TUNING" || peft_type == "ADAPTION_PROMPT" || peft_type == "CPT";
+}
+
+}  // namespace
+
+JsonConfigReader::JsonConfigReader(const json& object, std::string source) : object_(object), source_(std::move(source)) {}
+
+bool JsonConfigReader::has(const std::string& key) const { return object_.contains(key); }
+
+const json* JsonConfigReader::lookup(const std::string& key) {
+  read_.insert(key);
+  auto it = object_.find(key);
+  if (it == object_.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+void JsonConfigReader::fail(const std::string& key, const std::string& message) const {
+  throw ConfigError(source_ + ": field '" + key + "' " + message);
+}
+
+bool JsonConfigReader::get_bool(const std::string& key, bool fallback) {
+  const json* v = lookup(key);
+  if (!v) return fallback;
+  if (!v->is_boolean()) fail(key, "must be true or false, got " + describe(*v));
+  return v->get<bool>();
+}
+
+int64_t JsonConfigReader::get_int(const std::string& key, int64_t fallback) {
+  const json* v = lookup(key);
+  if (!v) return fallback;
+  if (v->is_number_integer()) return v->get<int64_t>();
+  if (v->is_number_float()) {
+    const double d = v->get<double>();
+    if (d == static_cast<double>(static_cast<int64_t>(d))) return static_cast<int64_t>(d);
+  }
+  fail(key, "must be an integer, got " + describe(*v));
+}
+
+double JsonConfigReader::get_number(const std::string& key, double fallback) {
+  const json* v = lookup(key);
+  if (!v) return fallback;
+  if (!v->is_number()) fail(key, "must be a number, got " + describe(*v));
+  return v->get<double>();
+}
+
+std::string JsonConfigReader::get_string(const std::string& key, const std::string& fallback) {
+  const json* v = lookup(key);
+  if (!v) return fallback;
+  if (!v->is_string()) fail(key, "must be a string, got " + describe(*v));
+  return v->get<std::string>();
+}
+
+std::optional<std::string> JsonConfigReader::get_optional_string(const std::string& key) {
+  const json* v = lookup(key);
+  if (!v) return std::nullopt;
+  if (!v->is_string()) fail(key, "must be a string or null, got " + describe(*v));
+  return v->get<std::string>();
+}
+
+std::optional<std::vector<std::string>> JsonConfigReader::get_string_list(const std::string& key) {
+  const json* v = lookup(key);
+  if (!v) return std::nullopt;
+  if (!v->is_array()) fail(key, "must be a list of strings or null, got " + describe(*v));
+  std::vector<std::string> out;
+  for (const json& item : *v) {
+    if (!item.is_string()) fail(key, "must be a list of strings, got an element " + describe(item));
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+std::optional<std::vector<std::string>> JsonConfigReader::get_string_or_list(const std::string& key) {
+  const json* v = lookup(key);
+  if (!v) return std::nullopt;
+  if (v->is_string()) return std::vector<std::string>{v->get<std::string>()};
+  read_.erase(key);
+  return get_string_list(key);
+}
+
+std::optional<std::vector<int64_t>> JsonConfigReader::get_int_or_list(const std::string& key) {
+  const json* v = lookup(key);
+  if (!v) return std::nullopt;
+  if (v->is_number_integer()) return std::vector<int64_t>{v->get<int64_t>()};
+  if (!v->is_array()) fail(key, "must be an integer, a list of integers or null, got " + describe(*v));
+  std::vector<int64_t> out;
+  for (const json& item : *v) {
+    if (!item.is_number_integer()) fail(key, "must be a list of integers, got an element " + describe(item));
+    out.push_back(item.get<int64_t>());
+  }
+  return out;
+}
+
+TargetModules JsonConfigReader::get_targets(const std::string& key) {
+  const json* v = lookup(key);
+  if (!v) return {};
+  if (v->is_string()) {
+    std::string text = v->get<std::string>();
+    std::string lower = text;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower == "all-linear") return TargetModules::all_linear();
+    return TargetModules::regex(std::move(text));
+  }
+  if (!v->is_array()) fail(key, "must be a list of module names, a regex string or null, got " + describe(*v));
+  std::vector<std::string> names;
+  for (const json& item : *v) {
+    if (!item.is_string()) fail(key, "must be a list of strings, got an element " + describe(item));
+    names.push_back(item.get<std::string>());
+  }
+  return TargetModules(std::move(names));
+}
+
+PatternMap<int64_t> JsonConfigReader::get_int_map(const std::string& key) {
+  const json* v = lookup(key);
+  PatternMap<int64_t> out;
+  if (!v) return out;
+  if (!v->is_object()) fail(key, "must be an object mapping patterns to integers, got " + describe(*v));
+  // nlohmann::json keeps object keys sorted; Python keeps insertion order. Both orders agree whenever
+  // at most one key matches a module, which is how these patterns are meant to be written.
+  for (auto it = v->begin(); it != v->end(); ++it) {
+    if (!it.value().is_number_integer()) fail(key, "value for '" + it.key() + "' must be an integer, got " + describe(it.value()));
+    out.emplace_back(it.key(), it.value().get<int64_t>());
+  }
+  return out;
+}
+
+PatternMap<double> JsonConfigReader::get_number_map(const std::string& key) {
+  const json* v = lookup(key);
+  PatternMap<double> out;
+  if (!v) return out;
+  if (!v->is_object()) fail(key, "must be an object mapping patterns to numbers, got " + describe(*v));
+  for (auto it = v->begin(); it != v->end(); ++it) {
+    if (!it.value().is_number()) fail(key, "value for '" + it.key() + "' must be a number, got " + describe(it.value()));
+    out.emplace_back(it.key(), it.value().get<double>());
+  }
+  return out;
+}
+
+const json* JsonConfigReader::raw(const std::string& key) { return lookup(key); }
+
+void JsonConfigReader::accept_only_neutral(const std::string& key, const std::string& why, const json& neutral) {
+  const json* v = lookup(key);
+  if (!v) return;
+  const bool is_neutral = (v->is_boolean() && !v->get<bool>()) || (v->is_object() && v->empty()) ||
+                          (v->is_array() && v->empty()) || (!neutral.is_null() && *v == neutral);
+  if (!is_neutral) fail(key, "is " + describe(*v) + ", which peft-cpp cannot honour: " + why);
+}
+
+void JsonConfigReader::ignore(const std::string& key) { read_.insert(key); }
+
+std::vector<std::string> JsonConfigReader::unread_keys() const {
+  std::vector<std::string> out;
+  for (auto it = object_.begin(); it != object_.end(); ++it) {
+    if (!read_.count(it.key())) out.push_back(it.key());
+  }
+  return out;
+}
+
+json targets_to_json(const TargetModules& targets) {
+  switch (targets.kind()) {
+    case TargetModules::Kind::Unset: return nullptr;
+    case TargetModules::Kind::Regex: return targets.pattern();
+    case TargetModules::Kind::AllLinear: return "all-linear";
+    case TargetModules::Kind::Names: {
+      // Python writes its set as a list in hash order; sorted is the reproducible equivalent.
+      std::vector<std::string> names = targets.names();
+      std::sort(names.begin(), names.end());
+      return names;
+    }
+  }
+  return nullptr;
+}
+
+void ConfigFields::read_common(JsonConfigReader& reader, PeftConfig& config) {
+  config.target_modules_ = reader.get_targets("target_modules");
+  config.exclude_modules_ = reader.get_targets("exclude_modules");
+  config.modules_to_save_ = reader.get_string_list("modules_to_save");
+  config.layers_to_transform_ = reader.get_int_or_list("layers_to_transform");
+  config.layers_pattern_ = reader.get_string_or_list("layers_pattern");
+  config.inference_mode_ = reader.get_bool("inference_mode", false);
+  config.task_type_ = reader.get_optional_string("task_type");
+  config.base_model_name_or_path_ = reader.get_optional_string("base_model_name_or_path");
+  config.revision_ = reader.get_optional_string("revision");
+  reader.ignore("peft_type");
+  reader.ignore("peft_version");
+  reader.ignore("auto_mapping");
+}
+
+void ConfigFields::write_common(const PeftConfig& config, json& out) {
+  out["peft_type"] = config.peft_type();
+  out["task_type"] = config.task_type_ ? json(*config.task_type_) : json(nullptr);
+  out["base_model_name_or_path"] = config.base_model_name_or_path_ ? json(*config.base_model_name_or_path_) : json(nullptr);
+  out["revision"] = config.revision_ ? json(*config.revision_) : json(nullptr);
+  out["inference_mode"] = config.inference_mode_;
+  out["auto_mapping"] = nullptr;
+  out["target_modules"] = targets_to_json(config.target_modules_);
+  out["exclude_modules"] = targets_to_json(config.exclude_modules_);
+  out["modules_to_save"] = config.modules_to_save_ ? json(*config.modules_to_save_) : json(nullptr);
+  out["layers_to_transform"] = config.layers_to_transform_ ? json(*config.layers_to_transform_) : json(nullptr);
+  if (config.layers_pattern_ && config.layers_pattern_->size() == 1) {
+    out["layers_pattern"] = config.layers_pattern_->front();
+  } else {
+    out["layers_pattern"] = config.layers_pattern_ ? json(*config.layers_pattern_) : json(nullptr);
+  }
+}
+
+}  // namespace peft::detail
+
+namespace peft {
+
+std::shared_ptr<PeftConfig> detail::parse_config(const std::string& json_text, const std::string& source) {
+  using detail::json;
+  json object;
+  try {
+    object = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    throw FileFormatError(source + ": not valid JSON (" + e.what() + ")");
+  }
+  if (!object.is_object()) throw FileFormatError(source + ": expected a JSON object at the top level");
+  auto type_it = object.find("peft_type");
+  if (type_it == object.end() || !type_it->is_string()) {
+    throw ConfigError(source + ": missing the string field 'peft_type' (e.g. \"LORA\")");
+  }
+  const std::string peft_type = type_it->get<std::string>();
+  if (detail::is_prompt_learning(peft_type)) {
+    throw ConfigError(source + ": peft_type " + peft_type +
+                      " is a prompt-learning method; `create_and_replace` does not support prompt learning and "
+                      "adaption prompt yet.");
+  }
+  const detail::Tuner* tuner = detail::find_tuner_for(peft_type);
+  if (!tuner) {
+    std::string known;
+    for (const auto& name : detail::registered_peft_types()) known += (known.empty() ? "" : ", ") + name;
+    throw ConfigError(source + ": peft_type '" + peft_type + "' is not supported by peft-cpp (supported: " + known + ")");
+  }
+  detail::JsonConfigReader reader(object, source);
+  std::shared_ptr<PeftConfig> config = tuner->read_config(reader);
+  detail::ConfigFields::read_common(reader, *config);
+  const std::vector<std::string> unknown = reader.unread_keys();
+  if (!unknown.empty()) {
+    std::string names;
+    for (const auto& name : unknown) names += (names.empty() ? "" : ", ") + name;
+    TORCH_WARN(source, ": ignoring fields peft-cpp does not know: ", names);
+  }
+  config->validate();
+  return config;
+}
+
+std::shared_ptr<PeftConfig> config_from_json_string(const std::string& json_text) {
+  return detail::parse_config(json_text, "adapter config");
+}
+
+std::shared_ptr<PeftConfig> load_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileFormatError("cannot open adapter config '" + path + "'");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return detail::parse_config(text.str(), path);
+}
+
+std::string PeftConfig::to_json_string() const {
+  const detail::Tuner* tuner = detail::find_tuner_for(peft_type());
+  TORCH_CHECK(tuner, "no tuner registered for ", peft_type());
+  nlohmann::json out = nlohmann::json::object();
+  detail::ConfigFields::write_common(*this, out);
+  tuner->write_config(*this, out);
+  return out.dump(2);  // nlohmann::json objects are ordered by key, as Python's json.dump(sort_keys=True)
+}
+
+}  // namespace peft

@@ -1,0 +1,92 @@
+#include "core/model_adapters.h"
+
+#include <algorithm>
+#include <unordered_set>
+
+#include <peft/error.h>
+
+#include "core/module_walk.h"
+
+namespace peft::detail {
+
+std::vector<AdaptedLayer> adapted_layers(const torch::nn::Module& model) {
+  std::vector<AdaptedLayer> out;
+  walk_modules(model, [&](const std::string& name, const torch::nn::Module& module) {
+    if (TunerLayer* tuner = find_tuner(module)) {
+      out.push_back({name, const_cast<torch::nn::Module*>(&module), tuner});
+    }
+  });
+  return out;
+}
+
+bool ModelAdapters::has(const std::string& name) const {
+  return std::find(names_.begin(), names_.end(), name) != names_.end();
+}
+
+std::string ModelAdapters::names_text() const {
+  std::string out = "[";
+  for (size_t i = 0; i < names_.size(); ++i) out += (i ? ", '" : "'") + names_[i] + "'";
+  return out + "]";
+}
+
+std::shared_ptr<const PeftConfig> ModelAdapters::config(const std::string& name) const {
+  for (size_t i = 0; i < names_.size(); ++i) {
+    if (names_[i] == name) return configs_[i];
+  }
+  return nullptr;
+}
+
+void ModelAdapters::add(const std::string& name, std::shared_ptr<const PeftConfig> config) {
+  if (has(name)) return;
+  names_.push_back(name);
+  configs_.push_back(std::move(config));
+}
+
+ModelAdapters collect_adapters(const torch::nn::Module& model) {
+  ModelAdapters adapters;
+  for (const AdaptedLayer& layer : adapted_layers(model)) {
+    for (const std::string& name : layer.tuner->adapter_names()) adapters.add(name, layer.tuner->config_of(name));
+  }
+  return adapters;
+}
+
+std::shared_ptr<const PeftConfig> require_adapter(const torch::nn::Module& model, const std::string& adapter) {
+  const ModelAdapters adapters = collect_adapters(model);
+  if (auto config = adapters.config(adapter)) return config;
+  throw AdapterNameError("No adapter named '" + adapter + "' in the model; it has " +
+                         (adapters.empty() ? std::string("no adapters") : "the adapters " + adapters.names_text()) + ".");
+}
+
+void activate_after_injection(torch::nn::Module& model, const std::string& adapter, const PeftConfig& config) {
+  const std::vector<AdaptedLayer> layers = adapted_layers(model);
+  std::unordered_set<const c10::TensorImpl*> adapter_tensors;
+  for (const AdaptedLayer& layer : layers) {
+    layer.tuner->set_active_adapters(*layer.module, {adapter}, config.inference_mode());
+    for (const std::string& name : layer.tuner->adapter_names()) {
+      for (const AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, name)) {
+        adapter_tensors.insert(t.get().unsafeGetTensorImpl());
+      }
+    }
+  }
+  for (const auto& param : model.named_parameters()) {
+    if (!adapter_tensors.count(param.value().unsafeGetTensorImpl())) param.value().set_requires_grad(false);
+  }
+  const std::string bias = config.bias_mode();
+  if (bias == "all") {
+    for (const auto& param : model.named_parameters()) {
+      const std::string& key = param.key();
+      if (key == "bias" || (key.size() > 5 && key.compare(key.size() - 5, 5, ".bias") == 0)) {
+        param.value().set_requires_grad(true);
+      }
+    }
+  } else if (bias != "none") {  // "<method>_only": the biases of the layers this method adapted
+    for (const AdaptedLayer& layer : layers) {
+      if (config.peft_type() != layer.tuner->peft_type()) continue;
+      const std::optional<BaseLayer> base = describe_layer(*layer.module);
+      const at::Tensor b = base ? base->bias() : at::Tensor();
+      if (b.defined()) b.set_requires_grad(true);
+    }
+  }
+}
+
+}  // namespace peft::detail

@@ -1,0 +1,225 @@
+// get_peft_model_state_dict / set_peft_model_state_dict with Python PEFT's checkpoint keys.
+//
+// Python PEFT wraps an adapted layer, so its base tensors are saved as `<layer>.base_layer.<name>`; here
+// the layer keeps its names, and the two spellings are translated: both are accepted on load, Python's is
+// written on save so files stay interchangeable.
+
+#include <peft/state_dict.h>
+
+#include <sstream>
+#include <unordered_map>
+
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
+
+#include <peft/error.h>
+
+#include "core/model_adapters.h"
+#include "core/module_walk.h"
+#include "core/tensor_slots.h"
+
+namespace peft {
+namespace {
+
+using detail::AdaptedLayer;
+using detail::AdapterTensor;
+
+const std::string kPeftPrefix = "base_model.model.";
+
+std::string join(const std::string& module, const std::string& key) { return module.empty() ? key : module + "." + key; }
+
+bool is_modules_to_save(const detail::TunerLayer& tuner) { return std::string(tuner.peft_type()) == "MODULES_TO_SAVE"; }
+
+/// Where a checkpoint tensor goes.
+struct Slot {
+  torch::nn::Module* owner;
+  std::string name;
+  bool is_buffer;
+  std::string model_key;        // the model's own key, for messages
+  torch::nn::Module* layer;     // the layer whose device/dtype adopted tensors take
+  bool adapter_tensor;          // counts for missing_keys
+};
+
+const at::Tensor& slot_tensor(const Slot& s) {
+  const auto& map = s.is_buffer ? detail::buffers_of(*s.owner) : detail::parameters_of(*s.owner);
+  return *map.find(s.name);
+}
+
+// The adapter's own tensors, keyed as Python's checkpoints key them, in module order: those of the adapted
+// layers, or (`copies`) those of the modules_to_save copies.
+std::vector<std::pair<std::string, Slot>> adapter_slots(const std::vector<AdaptedLayer>& layers,
+                                                         const std::string& adapter, bool copies) {
+  std::vector<std::pair<std::string, Slot>> out;
+  for (const AdaptedLayer& layer : layers) {
+    if (is_modules_to_save(*layer.tuner) != copies) continue;
+    for (const AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, adapter)) {
+      out.emplace_back(join(layer.name, t.key),
+                       Slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true});
+    }
+  }
+  return out;
+}
+
+// Base-model tensors by every name a checkpoint may use for them.
+std::unordered_map<std::string, Slot> base_slots(const torch::nn::Module& model) {
+  std::unordered_map<std::string, Slot> out;
+  detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module& m) {
+    auto* module = const_cast<torch::nn::Module*>(&m);
+    detail::TunerLayer* tuner = detail::find_tuner(m);
+    const char* wrapper = !tuner ? nullptr : is_modules_to_save(*tuner) ? "original_module" : "base_layer";
+    auto add = [&](const std::string& key, bool buffer) {
+      Slot slot{module, key, buffer, join(name, key), module, false};
+      out.emplace(join(name, key), slot);
+      if (wrapper) out.emplace(join(join(name, wrapper), key), slot);
+    };
+    for (const auto& p : detail::parameters_of(m)) {
+      if (p.value().defined()) add(p.key(), false);
+    }
+    for (const auto& b : detail::buffers_of(m)) {
+      if (b.value().defined()) add(b.key(), true);
+    }
+  });
+  return out;
+}
+
+std::string shape_text(at::IntArrayRef sizes) {
+  std::ostringstream os;
+  os << "torch.Size([";
+  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
+  os << "])";
+  return os.str();
+}
+
+}  // namespace
+
+StateDict get_peft_model_state_dict(const torch::nn::Module& model, const std::string& adapter_name) {
+  const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
+  const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
+  StateDict out;
+  for (const auto& [key, slot] : adapter_slots(layers, adapter_name, /*copies=*/false)) out.insert(key, slot_tensor(slot));
+
+  // Biases, per the config's `bias`, under Python's names.
+  const std::string bias = config->bias_mode();
+  if (bias != "none") {
+    detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module& m) {
+      detail::TunerLayer* tuner = detail::find_tuner(m);
+      if (tuner && is_modules_to_save(*tuner)) return;  // saved through its copy
+      const bool adapted_by_method = tuner && config->peft_type() == tuner->peft_type();
+      if (bias != "all" && !adapted_by_method) return;
+      const at::Tensor* b = detail::parameters_of(m).find("bias");
+      if (!b || !b->defined()) return;
+      const std::string key = join(tuner ? join(name, "base_layer") : name, "bias");
+      if (!out.contains(key)) out.insert(key, *b);
+    });
+  }
+  // Python adds the modules_to_save copies last, over any bias of the same name.
+  for (const auto& [key, slot] : adapter_slots(layers, adapter_name, /*copies=*/true)) {
+    if (out.contains(key)) {
+      out[key] = slot_tensor(slot);
+    } else {
+      out.insert(key, slot_tensor(slot));
+    }
+  }
+  return out;
+}
+
+LoadResult set_peft_model_state_dict(torch::nn::Module& model, const StateDict& state_dict,
+                                     const std::string& adapter_name, bool low_cpu_mem_usage) {
+  detail::require_adapter(model, adapter_name);
+  const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
+  std::unordered_map<std::string, Slot> adapter;
+  std::vector<std::string> adapter_order;
+  for (bool copies : {false, true}) {
+    for (auto& [key, slot] : adapter_slots(layers, adapter_name, copies)) {
+      adapter_order.push_back(key);
+      adapter.emplace(key, slot);
+    }
+  }
+  const std::unordered_map<std::string, Slot> base = base_slots(model);
+
+  // Plan and check everything before writing anything.
+  struct Planned {
+    const Slot* slot;
+    const at::Tensor* value;
+    std::string key;
+  };
+  std::vector<Planned> plan;
+  LoadResult result;
+  std::unordered_map<std::string, bool> provided;
+  std::vector<std::string> problems;
+  for (const auto& item : state_dict) {
+    const std::string& original = item.key();
+    const std::string key = original.compare(0, kPeftPrefix.size(), kPeftPrefix) == 0 ? original.substr(kPeftPrefix.size()) : original;
+    const Slot* slot = nullptr;
+    if (auto it = adapter.find(key); it != adapter.end()) {
+      slot = &it->second;
+      provided[key] = true;
+    } else if (auto b = base.find(key); b != base.end()) {
+      slot = &b->second;
+    }
+    if (!slot) {
+      result.unexpected_keys.push_back(original);
+      continue;
+    }
+    const at::Tensor& value = item.value();
+    const at::Tensor& target = slot_tensor(*slot);
+    if (!value.defined()) {
+      problems.push_back("tensor for " + original + " is undefined");
+      continue;
+    }
+    if (value.device().is_meta()) {
+      problems.push_back("tensor for " + original + " is on the meta device and holds no values");
+      continue;
+    }
+    if (value.sizes() != target.sizes()) {
+      problems.push_back("size mismatch for " + slot->model_key + ": copying a param with shape " +
+                         shape_text(value.sizes()) + " from checkpoint, the shape in current model is " +
+                         shape_text(target.sizes()) + ".");
+      continue;
+    }
+    const bool convertible = value.scalar_type() == target.scalar_type() ||
+                             (value.is_floating_point() && target.is_floating_point());
+    if (!convertible) {
+      problems.push_back("dtype mismatch for " + slot->model_key + ": the checkpoint holds " +
+                         std::string(c10::toString(value.scalar_type())) + ", the model " +
+                         std::string(c10::toString(target.scalar_type())) + ".");
+      continue;
+    }
+    if (target.device().is_meta() && !low_cpu_mem_usage) {
+      problems.push_back(slot->model_key + " is on the meta device (the adapter was injected with low_cpu_mem_usage); "
+                         "load it with low_cpu_mem_usage = true.");
+      continue;
+    }
+    plan.push_back({slot, &value, original});
+  }
+  if (!problems.empty()) {
+    std::string message = "Error(s) in loading state_dict for " + model.name() + ":";
+    for (const auto& p : problems) message += "\n\t" + p;
+    throw StateDictError(message);
+  }
+  for (const std::string& key : adapter_order) {
+    if (!provided.count(key)) result.missing_keys.push_back(key);
+  }
+
+  at::NoGradGuard no_grad;
+  for (const Planned& p : plan) {
+    const at::Tensor& target = slot_tensor(*p.slot);
+    if (!low_cpu_mem_usage) {
+      target.copy_(*p.value);
+      continue;
+    }
+    // Adopt the tensor: on the layer's device and in its float dtype, without a copy when it already fits.
+    at::TensorOptions options = target.options();
+    if (target.device().is_meta()) {
+      const std::optional<detail::BaseLayer> layer = detail::describe_layer(*p.slot->layer);
+      const at::Tensor weight = layer ? layer->weight() : at::Tensor();
+      const bool real_layer = weight.defined() && !weight.device().is_meta();
+      options = options.device(real_layer ? weight.device() : p.value->device());
+    }
+    at::Tensor adopted = p.value->detach().to(options.device(), options.dtype().toScalarType());
+    detail::replace_tensor(*p.slot->owner, p.slot->name, adopted, p.slot->is_buffer);
+  }
+  return result;
+}
+
+}  // namespace peft

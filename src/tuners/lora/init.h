@@ -1,0 +1,23 @@
+#pragma once
+
+// LoRA's initialisation methods (Python PEFT's LoraLayer.reset_lora_parameters and friends).
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+#include <peft/tuners/lora/config.h>
+
+#include "core/base_layer.h"
+
+namespace peft::detail::lora {
+
+/// Names accepted in init_lora_weights, besides true/false.
+bool is_supported_init(const std::string& method);
+
+/// Initialises a new adapter's A and B (and B's bias) in place. For "pissa" and "olora", which move part
+/// of the base weight into the adapter, returns the new base weight (as stored, same dtype).
+std::optional<at::Tensor> initialise(const InitLoraWeights& init, const BaseLayer& base, int64_t r, double scaling,
+                                     const at::Tensor& A, const at::Tensor& B, const at::Tensor& B_bias);
+
+}  // namespace peft::detail::lora

@@ -1,0 +1,96 @@
+#pragma once
+
+// LoRA on one layer (Linear, peft::LinearLike, Embedding, Conv1d/2d/3d): Python PEFT's lora.Linear,
+// lora.Embedding and lora.ConvNd in one class, with the per-kind math in layer.cpp.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/modules/container/parameterdict.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+
+#include "core/tuner_layer.h"
+
+namespace peft::detail::lora {
+
+class DoraMagnitudeImpl;
+
+/// One adapter on one layer. Immutable once published: forward reads it without taking a lock.
+struct Adapter {
+  std::string name;
+  int64_t r = 0;
+  double alpha = 0;
+  double scaling = 0;
+  bool use_rslora = false;
+  bool use_dora = false;
+  bool lora_bias = false;
+  double dropout = 0;
+  std::shared_ptr<torch::nn::Module> A;  // Linear for linear layers, Conv for conv layers; unset for embeddings
+  std::shared_ptr<torch::nn::Module> B;
+  std::shared_ptr<torch::nn::Module> dropout_module;  // Dropout, or Identity when dropout == 0
+  std::shared_ptr<torch::nn::Module> magnitude;       // DoraMagnitude, DoRA only
+  // The same objects, cast once (LibTorch layers derive virtually from Module).
+  torch::nn::LinearImpl* linear_A = nullptr;  // linear layers
+  torch::nn::LinearImpl* linear_B = nullptr;
+  torch::nn::DropoutImpl* dropout_impl = nullptr;  // null for Identity
+  const DoraMagnitudeImpl* magnitude_impl = nullptr;
+  // Embeddings only, as created; forward reads the registered tensors, which loading may replace.
+  at::Tensor embedding_A;  // (r, num_embeddings)
+  at::Tensor embedding_B;  // (embedding_dim, r)
+};
+
+/// What forward needs, swapped in one piece when anything changes.
+struct View {
+  std::vector<std::shared_ptr<const Adapter>> active;
+  bool bypass = true;  // no active adapter, adapters disabled, or merged: the base output is the answer
+};
+
+class LoraLayer final : public TunerLayer {
+ public:
+  static const std::vector<std::string>& containers();
+
+  /// A new, empty LoRA layer for `base`; `attachments` receives the containers to register on the base
+  /// layer (the anchor first).
+  static std::shared_ptr<LoraLayer> create(
+      const BaseLayer& base, std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments);
+
+  LoraLayer(const BaseLayer& base, std::shared_ptr<torch::nn::ModuleDictImpl> A,
+            std::shared_ptr<torch::nn::ModuleDictImpl> B, std::shared_ptr<ParameterDictImpl> embedding_A,
+            std::shared_ptr<ParameterDictImpl> embedding_B,
+            std::shared_ptr<torch::nn::ModuleDictImpl> magnitude);
+
+  const char* peft_type() const override { return "LORA"; }
+  std::vector<std::string> container_names() const override { return containers(); }
+  at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) override;
+
+  /// Registers a prepared adapter in the containers (commit step; does not throw).
+  void add(std::shared_ptr<Adapter> adapter, std::shared_ptr<const PeftConfig> config);
+
+  bool fan_in_fan_out() const { return fan_in_fan_out_; }
+
+ protected:
+  void publish() override;
+  std::string checkpoint_key(std::string key) const override;
+
+ private:
+  at::Tensor forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
+  at::Tensor forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
+  at::Tensor forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
+
+  torch::nn::ModuleDictImpl* dropout_ = nullptr;  // the anchor, which owns this object
+  std::shared_ptr<torch::nn::ModuleDictImpl> A_;
+  std::shared_ptr<torch::nn::ModuleDictImpl> B_;
+  std::shared_ptr<ParameterDictImpl> embedding_A_;
+  std::shared_ptr<ParameterDictImpl> embedding_B_;
+  std::shared_ptr<torch::nn::ModuleDictImpl> magnitude_;
+  bool fan_in_fan_out_ = false;
+
+  std::map<std::string, std::shared_ptr<const Adapter>> by_name_;
+  std::shared_ptr<const View> view_;  // read with std::atomic_load, replaced with std::atomic_store
+};
+
+}  // namespace peft::detail::lora

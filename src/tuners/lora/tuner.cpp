@@ -1,0 +1,356 @@
+// LoRA's registration with the shared machinery: config file fields, and creating LoRA on a layer.
+
+#include <cmath>
+
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+
+#include <peft/error.h>
+#include <peft/tuners/lora/config.h>
+
+#include "core/json_config.h"
+#include "core/matching.h"
+#include "core/tensor_slots.h"
+#include "core/tuner_registry.h"
+#include "tuners/lora/dora.h"
+#include "tuners/lora/init.h"
+#include "tuners/lora/layer.h"
+
+namespace peft::detail::lora {
+namespace {
+
+using json = nlohmann::json;
+
+json number(double value) {
+  if (std::isfinite(value) && value == std::floor(value) && std::fabs(value) < 1e15) return static_cast<int64_t>(value);
+  return value;
+}
+
+template <class T>
+json pattern_to_json(const PatternMap<T>& patterns) {
+  json out = json::object();
+  for (const auto& [key, value] : patterns) out[key] = number(static_cast<double>(value));
+  return out;
+}
+
+at::TensorOptions adapter_options(const BaseLayer& base, bool meta) {
+  const at::Tensor weight = base.weight();
+  const c10::ScalarType dtype = weight.is_floating_point() ? weight.scalar_type() : at::kFloat;
+  return at::TensorOptions().dtype(dtype).device(meta ? at::Device(at::kMeta) : weight.device());
+}
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+std::shared_ptr<torch::nn::Module> make_conv(LayerKind kind, int64_t in, int64_t out, const torch::nn::Module& base,
+                                             bool lora_B, int64_t groups, bool bias) {
+  // lora_A repeats the base kernel, stride and padding; lora_B is a 1x1 conv (Python's _ConvNd.update_layer).
+  auto build = [&](auto tag, const auto& base_conv) -> std::shared_ptr<torch::nn::Module> {
+    using Impl = typename decltype(tag)::type;
+    constexpr size_t D = std::tuple_size<std::decay_t<decltype(*base_conv.options.kernel_size())>>::value;
+    torch::nn::ConvOptions<D> options(in, out, lora_B ? torch::ExpandingArray<D>(1) : base_conv.options.kernel_size());
+    if (!lora_B) options.stride(base_conv.options.stride()).padding(base_conv.options.padding());
+    options.groups(lora_B ? groups : 1).bias(bias);
+    return std::make_shared<Impl>(options);
+  };
+  switch (kind) {
+    case LayerKind::Conv1d:
+      return build(TypeTag<torch::nn::Conv1dImpl>{}, dynamic_cast<const torch::nn::Conv1dImpl&>(base));
+    case LayerKind::Conv2d:
+      return build(TypeTag<torch::nn::Conv2dImpl>{}, dynamic_cast<const torch::nn::Conv2dImpl&>(base));
+    default:
+      return build(TypeTag<torch::nn::Conv3dImpl>{}, dynamic_cast<const torch::nn::Conv3dImpl&>(base));
+  }
+}
+
+int64_t conv_groups(const BaseLayer& base) {
+  switch (base.kind) {
+    case LayerKind::Conv1d: return dynamic_cast<const torch::nn::Conv1dImpl&>(*base.module).options.groups();
+    case LayerKind::Conv2d: return dynamic_cast<const torch::nn::Conv2dImpl&>(*base.module).options.groups();
+    default: return dynamic_cast<const torch::nn::Conv3dImpl&>(*base.module).options.groups();
+  }
+}
+
+// Moves a freshly built module's tensors to `options` (device/dtype, or meta without allocating).
+void retarget(torch::nn::Module& module, const at::TensorOptions& options) {
+  for (auto& param : parameters_of(module)) {
+    const at::Tensor& t = param.value();
+    if (!t.defined()) continue;
+    at::Tensor moved = options.device().is_meta() ? at::empty(t.sizes(), options) : t.to(options);
+    replace_tensor(module, param.key(), moved);
+  }
+}
+
+std::string unsupported_message(const torch::nn::Module& module) {
+  return "Target module " + short_repr(module) +
+         " is not supported. Currently, only the following modules are supported: `torch::nn::Linear`, "
+         "`torch::nn::Embedding`, `torch::nn::Conv1d`, `torch::nn::Conv2d`, `torch::nn::Conv3d`, and layers "
+         "implementing `peft::LinearLike` (e.g. a port of transformers' Conv1D).";
+}
+
+class PendingLora final : public PendingChange {
+ public:
+  BaseLayer base;
+  LoraLayer* existing = nullptr;
+  std::shared_ptr<Adapter> adapter;
+  std::shared_ptr<const PeftConfig> config;
+  std::optional<at::Tensor> new_base_weight;
+
+  void commit() override {
+    if (new_base_weight) base.weight().set_data(*new_base_weight);
+    // New modules start in the layer's mode, so dropout does not run in a model that is in eval mode.
+    const bool training = base.module->is_training();
+    for (auto* module : {adapter->dropout_module.get(), adapter->A.get(), adapter->B.get(), adapter->magnitude.get()}) {
+      if (module) module->train(training);
+    }
+    if (existing) {
+      existing->add(adapter, config);
+      return;
+    }
+    std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> containers;
+    std::shared_ptr<LoraLayer> layer = LoraLayer::create(base, containers);
+    attach_containers(*base.module, containers);
+    layer->add(adapter, config);
+  }
+};
+
+class LoraPlanner final : public LayerPlanner {
+ public:
+  explicit LoraPlanner(LoraConfig& config)
+      : config_(config), ranks_(config.rank_pattern(), "rank_pattern"), alphas_(config.alpha_pattern(), "alpha_pattern") {}
+
+  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override;
+
+ private:
+  LoraConfig& config_;
+  PatternLookup<int64_t> ranks_;
+  PatternLookup<double> alphas_;
+};
+
+std::unique_ptr<PendingChange> LoraPlanner::prepare_layer(const LayerRequest& request) {
+  const BaseLayer& base = request.base;
+  const std::string& name = request.module_name;
+  if (base.kind == LayerKind::LayerNorm) throw UnsupportedLayerError(unsupported_message(*base.module));
+  const int64_t r = ranks_.lookup(name, config_.r());
+  const double alpha = alphas_.lookup(name, config_.lora_alpha());
+  if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
+
+  if (base.kind == LayerKind::Linear && config_.fan_in_fan_out()) {
+    TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
+    config_.fan_in_fan_out(false);
+  } else if (base.kind == LayerKind::LinearLike && base.fan_in_fan_out != config_.fan_in_fan_out()) {
+    TORCH_WARN("fan_in_fan_out is set to ", config_.fan_in_fan_out() ? "True" : "False", " but the target module '",
+               name, "' stores its weight ", base.fan_in_fan_out ? "(in, out)" : "(out, in)",
+               ". Setting fan_in_fan_out to ", base.fan_in_fan_out ? "True." : "False.");
+    config_.fan_in_fan_out(base.fan_in_fan_out);
+  }
+  const bool lora_bias = config_.lora_bias();
+  if (lora_bias && base.kind == LayerKind::Embedding) {
+    throw ConfigError("lora_bias=True is not supported for Embedding (layer '" + name + "').");
+  }
+  if (lora_bias && !base.bias().defined()) {
+    TORCH_WARN("`lora_bias=True` was passed but the targeted layer '", name,
+               "' has no bias. This means that merging LoRA weights won't be possible.");
+  }
+  int64_t groups = 1;
+  if (base.is_conv()) {
+    groups = conv_groups(base);
+    if (r % groups != 0) {
+      throw ConfigError("Targeting a " + std::string(layer_kind_name(base.kind)) + " with groups=" +
+                        std::to_string(groups) + " and rank " + std::to_string(r) +
+                        ". Currently, support is limited to conv layers where the rank is divisible by groups. "
+                        "Either choose a different rank or do not target this specific layer ('" + name + "').");
+    }
+    if (groups > 1) TORCH_WARN("LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.");
+  }
+
+  auto adapter = std::make_shared<Adapter>();
+  adapter->name = request.adapter_name;
+  adapter->r = r;
+  adapter->alpha = alpha;
+  adapter->use_rslora = config_.use_rslora();
+  adapter->scaling = config_.use_rslora() ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+  adapter->use_dora = config_.use_dora();
+  adapter->lora_bias = lora_bias;
+  adapter->dropout = config_.lora_dropout();
+  if (adapter->dropout > 0) {
+    auto dropout = std::make_shared<torch::nn::DropoutImpl>(torch::nn::DropoutOptions(adapter->dropout));
+    adapter->dropout_impl = dropout.get();
+    adapter->dropout_module = dropout;
+  } else {
+    adapter->dropout_module = std::make_shared<torch::nn::IdentityImpl>();
+  }
+
+  const bool meta = request.low_cpu_mem_usage || is_meta(base.weight());
+  const at::TensorOptions options = adapter_options(base, meta);
+  at::Tensor A, B, B_bias;
+  if (base.kind == LayerKind::Embedding) {
+    adapter->embedding_A = at::empty({r, base.in_features}, options);
+    adapter->embedding_B = at::empty({base.out_features, r}, options);
+    A = adapter->embedding_A;
+    B = adapter->embedding_B;
+  } else if (base.is_conv()) {
+    adapter->A = make_conv(base.kind, base.in_features, r, *base.module, false, 1, false);
+    adapter->B = make_conv(base.kind, r, base.out_features, *base.module, true, groups, lora_bias);
+    retarget(*adapter->A, options);
+    retarget(*adapter->B, options);
+    A = *parameters_of(*adapter->A).find("weight");
+    B = *parameters_of(*adapter->B).find("weight");
+    if (lora_bias) B_bias = *parameters_of(*adapter->B).find("bias");
+  } else {
+    auto lora_A = make_linear(base.in_features, r, false, options);
+    auto lora_B = make_linear(r, base.out_features, lora_bias, options);
+    A = lora_A->weight;
+    B = lora_B->weight;
+    B_bias = lora_B->bias;
+    adapter->A = lora_A;
+    adapter->B = lora_B;
+    adapter->linear_A = lora_A.get();
+    adapter->linear_B = lora_B.get();
+  }
+
+  auto pending = std::make_unique<PendingLora>();
+  // Methods that move part of the base weight into the adapter run even for meta adapters (their
+  // result is the base weight, which a checkpoint does not restore); plain inits are skipped on meta.
+  const std::string& method = config_.init_lora_weights().method();
+  const bool rewrites_base = method == "pissa" || method == "olora";
+  if (rewrites_base && meta && base.kind != LayerKind::Embedding) {
+    at::Tensor real_A = at::empty(A.sizes(), options.device(base.weight().device()));
+    at::Tensor real_B = at::empty(B.sizes(), options.device(base.weight().device()));
+    pending->new_base_weight = initialise(config_.init_lora_weights(), base, r, adapter->scaling, real_A, real_B, {});
+  } else if (!meta) {
+    pending->new_base_weight = initialise(config_.init_lora_weights(), base, r, adapter->scaling, A, B, B_bias);
+  }
+
+  if (adapter->use_dora) {
+    const at::Tensor weight = pending->new_base_weight ? *pending->new_base_weight : base.weight();
+    at::Tensor magnitude;
+    if (meta) {
+      const int64_t out = base.out_features;
+      std::vector<int64_t> shape = base.is_conv() ? std::vector<int64_t>(weight.dim(), 1) : std::vector<int64_t>{out};
+      if (base.is_conv()) shape[1] = out;
+      magnitude = at::empty(shape, options);
+    } else {
+      at::NoGradGuard no_grad;
+      const at::Tensor lora_weight = base.kind == LayerKind::Embedding ? at::matmul(B, A)
+                                     : base.is_conv()                 ? dora_lora_weight(base.kind, A, B, weight.sizes())
+                                                                      : at::matmul(B, A);
+      magnitude = dora_weight_norm(base.kind, weight, lora_weight.to(weight.scalar_type()), adapter->scaling,
+                                   base.fan_in_fan_out).to(options.dtype());
+    }
+    auto module = std::make_shared<DoraMagnitudeImpl>(magnitude);
+    adapter->magnitude_impl = module.get();
+    adapter->magnitude = module;
+  }
+
+  if (request.existing) {
+    if (std::string(request.existing->peft_type()) != "LORA") {
+      throw UnsupportedLayerError("Cannot add a LoRA adapter to '" + name + "': it already carries " +
+                                  request.existing->peft_type() + " adapters, and peft-cpp keeps one adapter method per layer.");
+    }
+    pending->existing = static_cast<LoraLayer*>(request.existing);
+  } else {
+    check_container_names_free(*base.module, name, LoraLayer::containers());
+  }
+  pending->base = base;
+  pending->adapter = std::move(adapter);
+  pending->config = request.config;
+  return pending;
+}
+
+class LoraTuner final : public Tuner {
+ public:
+  const char* peft_type() const override { return "LORA"; }
+  const char* prefix() const override { return "lora_"; }
+  std::string unsupported_layer_message(const torch::nn::Module& module) const override {
+    return unsupported_message(module);
+  }
+
+  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
+    auto config = std::make_shared<LoraConfig>();
+    config->r(in.get_int("r", config->r()));
+    config->lora_alpha(in.get_number("lora_alpha", config->lora_alpha()));
+    config->lora_dropout(in.get_number("lora_dropout", config->lora_dropout()));
+    config->fan_in_fan_out(in.get_bool("fan_in_fan_out", config->fan_in_fan_out()));
+    config->bias(in.get_string("bias", config->bias()));
+    config->use_rslora(in.get_bool("use_rslora", config->use_rslora()));
+    if (const json* init = in.raw("init_lora_weights")) {
+      if (init->is_boolean()) {
+        config->init_lora_weights(init->get<bool>());
+      } else if (init->is_string()) {
+        config->init_lora_weights(init->get<std::string>());
+      } else {
+        in.fail("init_lora_weights", "must be true, false or a method name, got " + init->dump());
+      }
+    }
+    config->rank_pattern(in.get_int_map("rank_pattern"));
+    config->alpha_pattern(in.get_number_map("alpha_pattern"));
+    config->use_dora(in.get_bool("use_dora", false));
+    config->lora_bias(in.get_bool("lora_bias", false));
+    config->target_parameters(in.get_string_list("target_parameters"));
+    // Python fields that only matter for features peft-cpp does not have: accepted when off.
+    in.accept_only_neutral("megatron_config", "Megatron parallel layers are not supported");
+    in.accept_only_neutral("trainable_token_indices", "trainable tokens are not supported yet");
+    in.accept_only_neutral("layer_replication", "layer replication is not supported");
+    in.accept_only_neutral("alora_invocation_tokens", "aLoRA is not supported");
+    in.accept_only_neutral("use_qalora", "QA-LoRA is not supported");
+    in.accept_only_neutral("velora_config", "VeLoRA is not supported");
+    in.accept_only_neutral("monteclora_config", "MonteCLoRA is not supported");
+    in.accept_only_neutral("use_bdlora", "BD-LoRA is not supported");
+    in.accept_only_neutral("arrow_config", "Arrow routing is not supported");
+    in.accept_only_neutral("kasa_config", "KaSA is not supported");
+    in.accept_only_neutral("ensure_weight_tying", "tying adapters across tied embeddings is not supported");
+    in.accept_only_neutral("loftq_config", "LoftQ is not supported");
+    // Settings of init methods and integrations that do not change what a loaded adapter computes.
+    for (const char* key : {"megatron_core", "qalora_group_size", "eva_config", "corda_config", "lora_ga_config",
+                            "runtime_config"}) {
+      in.ignore(key);
+    }
+    return config;
+  }
+
+  void write_config(const PeftConfig& base_config, json& out) const override {
+    const auto& c = static_cast<const LoraConfig&>(base_config);
+    out["r"] = c.r();
+    out["lora_alpha"] = number(c.lora_alpha());
+    out["lora_dropout"] = c.lora_dropout();
+    out["fan_in_fan_out"] = c.fan_in_fan_out();
+    out["bias"] = c.bias();
+    out["use_rslora"] = c.use_rslora();
+    out["init_lora_weights"] =
+        c.init_lora_weights().is_bool() ? json(c.init_lora_weights().enabled()) : json(c.init_lora_weights().method());
+    out["rank_pattern"] = pattern_to_json(c.rank_pattern());
+    out["alpha_pattern"] = pattern_to_json(c.alpha_pattern());
+    out["use_dora"] = c.use_dora();
+    out["lora_bias"] = c.lora_bias();
+    out["target_parameters"] = c.target_parameters() ? json(*c.target_parameters()) : json(nullptr);
+    for (const char* key : {"megatron_config", "trainable_token_indices", "layer_replication", "alora_invocation_tokens",
+                            "velora_config", "monteclora_config", "use_bdlora", "arrow_config", "kasa_config",
+                            "eva_config", "corda_config", "lora_ga_config"}) {
+      out[key] = nullptr;
+    }
+    out["megatron_core"] = "megatron.core";
+    out["loftq_config"] = json::object();
+    out["use_qalora"] = false;
+    out["qalora_group_size"] = 16;
+    out["ensure_weight_tying"] = false;
+  }
+
+  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
+    return std::make_unique<LoraPlanner>(static_cast<LoraConfig&>(config));
+  }
+};
+
+}  // namespace
+
+const Tuner& lora_tuner() {
+  static const LoraTuner tuner;
+  return tuner;
+}
+
+}  // namespace peft::detail::lora

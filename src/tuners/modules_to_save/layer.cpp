@@ -1,0 +1,177 @@
+#include "tuners/modules_to_save/layer.h"
+
+#include <atomic>
+
+#include <ATen/ops/empty.h>
+
+#include <peft/error.h>
+
+#include "core/tensor_slots.h"
+#include "routing/router.h"
+
+namespace peft::detail {
+namespace {
+
+// A fresh layer of the same type and options holding copies of the tensors (clone() would refuse a
+// layer that already carries adapter containers).
+// ConvNdImpl keeps its options as detail::ConvNdOptions, which the ConvXdImpl constructors do not take.
+template <size_t D>
+torch::nn::ConvOptions<D> conv_options(const torch::nn::detail::ConvNdOptions<D>& o) {
+  return torch::nn::ConvOptions<D>(o.in_channels(), o.out_channels(), o.kernel_size())
+      .stride(o.stride())
+      .padding(o.padding())
+      .dilation(o.dilation())
+      .groups(o.groups())
+      .bias(o.bias())
+      .padding_mode(o.padding_mode());
+}
+template <class Options>
+const Options& layer_options(const Options& o) {
+  return o;
+}
+template <size_t D>
+torch::nn::ConvOptions<D> layer_options(const torch::nn::detail::ConvNdOptions<D>& o) {
+  return conv_options(o);
+}
+
+template <class Impl>
+std::shared_ptr<torch::nn::Module> copy_of(const torch::nn::Module& module) {
+  const auto& source = dynamic_cast<const Impl&>(module);
+  auto copy = std::make_shared<Impl>(layer_options(source.options));
+  at::NoGradGuard no_grad;
+  for (const auto& param : parameters_of(source)) {
+    const at::Tensor& t = param.value();
+    if (t.defined()) replace_tensor(*copy, param.key(), t.device().is_meta() ? at::empty(t.sizes(), t.options()) : t.clone());
+  }
+  for (const auto& buffer : buffers_of(source)) {
+    const at::Tensor& t = buffer.value();
+    if (t.defined()) replace_tensor(*copy, buffer.key(), t.device().is_meta() ? at::empty(t.sizes(), t.options()) : t.clone(), true);
+  }
+  copy->train(source.is_training());
+  return copy;
+}
+
+at::Tensor forward_copy(LayerKind kind, torch::nn::Module& copy, const at::Tensor& x) {
+  switch (kind) {
+    case LayerKind::Linear: return original_forward(dynamic_cast<torch::nn::LinearImpl&>(copy), x);
+    case LayerKind::Embedding: return original_forward(dynamic_cast<torch::nn::EmbeddingImpl&>(copy), x);
+    case LayerKind::Conv1d: return original_forward(dynamic_cast<torch::nn::Conv1dImpl&>(copy), x);
+    case LayerKind::Conv2d: return original_forward(dynamic_cast<torch::nn::Conv2dImpl&>(copy), x);
+    case LayerKind::Conv3d: return original_forward(dynamic_cast<torch::nn::Conv3dImpl&>(copy), x);
+    case LayerKind::LayerNorm: return original_forward(dynamic_cast<torch::nn::LayerNormImpl&>(copy), x);
+    case LayerKind::LinearLike: break;
+  }
+  TORCH_INTERNAL_ASSERT(false, "modules_to_save copy of an unsupported layer kind");
+}
+
+class PendingCopy final : public PendingChange {
+ public:
+  BaseLayer base;
+  ModulesToSaveLayer* existing = nullptr;
+  std::string adapter;
+  std::shared_ptr<torch::nn::Module> copy;
+  std::shared_ptr<const PeftConfig> config;
+
+  void commit() override {
+    ModulesToSaveLayer* layer = existing;
+    if (!layer) {
+      std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> containers;
+      auto created = ModulesToSaveLayer::create(base, containers);
+      attach_containers(*base.module, containers);
+      layer = created.get();
+    }
+    layer->add(adapter, copy, config);
+  }
+};
+
+}  // namespace
+
+std::shared_ptr<ModulesToSaveLayer> ModulesToSaveLayer::create(
+    const BaseLayer& base, std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments) {
+  auto dict = std::make_shared<AnchoredModuleDictImpl>();
+  auto layer = std::make_shared<ModulesToSaveLayer>(base);
+  layer->copies_ = dict.get();
+  dict->tuner = layer;
+  attachments = {{"modules_to_save", dict}};
+  return layer;
+}
+
+void ModulesToSaveLayer::add(const std::string& adapter, std::shared_ptr<torch::nn::Module> copy,
+                             std::shared_ptr<const PeftConfig> config) {
+  copies_->update({{adapter, copy}});
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    by_name_[adapter] = std::move(copy);
+  }
+  add_adapter_record(adapter, std::move(config));
+}
+
+void ModulesToSaveLayer::publish() {
+  std::shared_ptr<torch::nn::Module> active;
+  if (!disabled_) {
+    for (const std::string& name : active_) {
+      auto it = by_name_.find(name);
+      if (it != by_name_.end()) {
+        active = it->second;
+        break;
+      }
+    }
+  }
+  std::atomic_store(&active_copy_, std::move(active));
+}
+
+void ModulesToSaveLayer::set_active_adapters(torch::nn::Module& base, const std::vector<std::string>& names,
+                                             bool inference_mode) {
+  int with_copy = 0;
+  for (const auto& name : names) with_copy += has_adapter(name) ? 1 : 0;
+  if (with_copy > 1) {
+    throw ConfigError("Only one adapter can be set at a time for modules_to_save, got " + std::to_string(with_copy) +
+                      " adapters with a copy of the same layer");
+  }
+  TunerLayer::set_active_adapters(base, names, inference_mode);
+}
+
+std::string ModulesToSaveLayer::checkpoint_key(std::string key) const {
+  // "modules_to_save.weight" -> "weight": the copy's tensors are saved under the layer's own names.
+  static const std::string prefix = "modules_to_save.";
+  return key.compare(0, prefix.size(), prefix) == 0 ? key.substr(prefix.size()) : key;
+}
+
+at::Tensor ModulesToSaveLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
+  const std::shared_ptr<torch::nn::Module> copy = std::atomic_load(&active_copy_);
+  if (!copy) return base_forward(input);
+  return forward_copy(kind(), *copy, input);
+}
+
+std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, const std::string& module_name,
+                                                       const std::string& adapter, std::shared_ptr<const PeftConfig> config,
+                                                       TunerLayer* existing) {
+  auto pending = std::make_unique<PendingCopy>();
+  switch (base.kind) {
+    case LayerKind::Linear: pending->copy = copy_of<torch::nn::LinearImpl>(*base.module); break;
+    case LayerKind::Embedding: pending->copy = copy_of<torch::nn::EmbeddingImpl>(*base.module); break;
+    case LayerKind::Conv1d: pending->copy = copy_of<torch::nn::Conv1dImpl>(*base.module); break;
+    case LayerKind::Conv2d: pending->copy = copy_of<torch::nn::Conv2dImpl>(*base.module); break;
+    case LayerKind::Conv3d: pending->copy = copy_of<torch::nn::Conv3dImpl>(*base.module); break;
+    case LayerKind::LayerNorm: pending->copy = copy_of<torch::nn::LayerNormImpl>(*base.module); break;
+    case LayerKind::LinearLike:
+      throw UnsupportedLayerError("modules_to_save: '" + module_name +
+                                  "' is a custom layer; peft-cpp can keep trainable copies of torch::nn::Linear, "
+                                  "Embedding, Conv1d/2d/3d and LayerNorm layers only");
+  }
+  if (existing) {
+    if (std::string(existing->peft_type()) != "MODULES_TO_SAVE") {
+      throw ConfigError("modules_to_save: '" + module_name + "' already carries " + existing->peft_type() +
+                        " adapters; a layer cannot be both adapted and saved whole");
+    }
+    pending->existing = static_cast<ModulesToSaveLayer*>(existing);
+  } else {
+    check_container_names_free(*base.module, module_name, {"modules_to_save"});
+  }
+  pending->base = base;
+  pending->adapter = adapter;
+  pending->config = std::move(config);
+  return pending;
+}
+
+}  // namespace peft::detail
