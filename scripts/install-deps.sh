@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages peft-cpp builds and tests with (needs root, or sudo).
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libtorch-dev            # LibTorch 1.13.1
+  libopenblas0-pthread    # Debian's default reference BLAS makes LibTorch matmuls ~17x slower
+  nlohmann-json3-dev      # adapter_config.json, safetensors headers
+  libpcre2-dev            # Python-compatible regular expressions for target_modules
+  libgtest-dev libgmock-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+as_root=()
+[ "$(id -u)" -eq 0 ] || as_root=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

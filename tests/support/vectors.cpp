@@ -1,0 +1,65 @@
+#include "support/vectors.h"
+
+#include <cstdlib>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+namespace peft_test {
+
+std::filesystem::path vectors_dir() {
+  if (const char* env = std::getenv("PEFT_VECTORS_DIR")) return env;
+  return PEFT_VECTORS_DIR;
+}
+
+VectorCase VectorCase::load(const std::string& name) {
+  VectorCase c;
+  c.name = name;
+  c.dir = vectors_dir() / name;
+  if (!std::filesystem::exists(c.dir / "model.json")) {
+    throw std::runtime_error("vector case missing: " + c.dir.string());
+  }
+  c.model = c.json("model.json");
+  c.meta = c.json("meta.json");
+  return c;
+}
+
+nlohmann::json VectorCase::json(const std::string& file) const {
+  std::ifstream in(dir / file);
+  if (!in) throw std::runtime_error("cannot read " + (dir / file).string());
+  return nlohmann::json::parse(in);
+}
+
+peft::StateDict VectorCase::tensors(const std::string& file) const {
+  return peft::safetensors::load_file((dir / file).string());
+}
+
+at::Tensor VectorCase::tensor(const std::string& file, const std::string& key) const {
+  const peft::StateDict sd = tensors(file);
+  const at::Tensor* t = sd.find(key);
+  if (!t) throw std::runtime_error(file + " has no key " + key);
+  return *t;
+}
+
+std::vector<std::string> cases_with_peft_type(const std::string& peft_type) {
+  std::vector<std::string> out;
+  for (const auto& entry : std::filesystem::directory_iterator(vectors_dir())) {
+    const auto config = entry.path() / "adapter_config.json";
+    if (!std::filesystem::exists(config)) continue;
+    std::ifstream in(config);
+    if (nlohmann::json::parse(in).value("peft_type", "") == peft_type) out.push_back(entry.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) {
+    ADD_FAILURE() << "shape mismatch " << a.sizes() << " vs " << b.sizes();
+    return std::numeric_limits<double>::infinity();
+  }
+  if (a.numel() == 0) return 0.0;
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+}  // namespace peft_test
