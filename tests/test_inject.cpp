@@ -392,13 +392,15 @@ TEST(Inject, FromStateDictWithoutTargetModulesAsTheGuideSays) {
 TEST(Inject, FromStateDictWithWrongRankSaysSo) {
   const VectorCase c = VectorCase::load("lora_llama_state_dict_injection");
   VectorModel model(c.model);
-  const peft::StateDict sd = c.tensors("peft_state_dict.safetensors");
-  peft::inject_adapter_in_model(peft::LoraConfig().r(8), model, "default", false, sd);
-  const std::string message = error_of<peft::StateDictError>([&] { peft::set_peft_model_state_dict(*model, sd); });
-  EXPECT_NE(message.find("size mismatch for model.layers.0.self_attn.q_proj.lora_A.default.weight: copying a param with "
-                         "shape torch.Size([4, 16]) from checkpoint, the shape in current model is torch.Size([8, 16])."),
+  const peft::StateDict sd = c.tensors("peft_state_dict.safetensors");  // trained with r=4
+  const ModelSnapshot before(*model);
+  const std::string message = error_of<peft::StateDictError>(
+      [&] { peft::inject_adapter_in_model(peft::LoraConfig().r(8), model, "default", false, sd); });
+  EXPECT_NE(message.find("model.layers.0.self_attn.q_proj.lora_A.weight has shape [4, 16], the config gives [8, 16]"),
             std::string::npos)
       << message;
+  EXPECT_NE(message.find("rank_pattern"), std::string::npos);
+  EXPECT_TRUE(ModelSnapshot(*model) == before);
 }
 
 TEST(Inject, TargetParametersAreRefused) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <c10/util/Exception.h>
@@ -73,6 +74,28 @@ void expand_all_linear(PeftConfig& config, torch::nn::Module& model) {
     if (layer && layer->is_linear()) names.push_back(v.name);
   });
   ConfigFields::set_target_modules(config, TargetModules(std::move(names)));
+}
+
+// Ranks come from the config; a state dict trained with another rank is named here, before anything changes.
+void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std::string>& names,
+                             const std::vector<std::unique_ptr<PendingChange>>& pending, const PeftConfig& config) {
+  std::unordered_map<std::string, const at::Tensor*> by_key;
+  for (const auto& item : state_dict) by_key[strip_peft_prefix(item.key())] = &item.value();
+  std::string problems;
+  for (size_t i = 0; i < names.size(); ++i) {
+    for (const auto& [key, shape] : pending[i]->checkpoint_shapes()) {
+      auto it = by_key.find(names[i] + "." + key);
+      if (it == by_key.end() || it->second->sizes().vec() == shape) continue;
+      std::ostringstream line;
+      line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);
+      problems += line.str();
+    }
+  }
+  if (!problems.empty()) {
+    throw StateDictError("The state_dict does not fit the adapter " + config.peft_type() +
+                         " config describes (ranks come from the config: set `r`, or `rank_pattern`, to the ranks "
+                         "the adapter was trained with):" + problems);
+  }
 }
 
 struct Candidate {
@@ -218,6 +241,7 @@ void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::
   std::shared_ptr<const PeftConfig> shared_config = config;
   std::unique_ptr<LayerPlanner> planner = tuner->make_planner(*config);
   std::vector<std::unique_ptr<PendingChange>> pending;
+  std::vector<std::string> pending_names;
   std::set<LayerKind> routed_kinds;
   std::unordered_set<const torch::nn::Module*> adapted;
   for (const Candidate& target : targets) {
@@ -225,6 +249,7 @@ void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::
     if (!base) throw UnsupportedLayerError(tuner->unsupported_layer_message(*target.module));
     LayerRequest request{shared_config, adapter_name, target.name, *base, find_tuner(*target.module), low_cpu_mem_usage};
     pending.push_back(planner->prepare_layer(request));
+    pending_names.push_back(target.name);
     if (needs_routing(*target.module, base->kind)) routed_kinds.insert(base->kind);
     adapted.insert(target.module);
   }
@@ -245,6 +270,7 @@ void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::
       if (needs_routing(*c.module, base->kind)) routed_kinds.insert(base->kind);
     }
   }
+  if (state_dict) check_state_dict_shapes(*state_dict, pending_names, pending, *config);
   for (LayerKind kind : routed_kinds) check_routing(kind, probes);
 
   // ---- phase 3: commit

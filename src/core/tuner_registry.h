@@ -25,6 +25,9 @@ class PendingChange {
  public:
   virtual ~PendingChange() = default;
   virtual void commit() = 0;
+  /// The shapes of the tensors the change will create, by checkpoint key relative to the layer, so a
+  /// state dict can be checked against them before anything is attached.
+  virtual std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const { return {}; }
 };
 
 /// What a tuner needs to adapt one layer.

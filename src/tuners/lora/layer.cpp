@@ -4,9 +4,6 @@
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/conv1d.h>
-#include <ATen/ops/conv2d.h>
-#include <ATen/ops/conv3d.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <torch/nn/functional/embedding.h>
@@ -44,33 +41,6 @@ const at::Tensor& conv_weight(LayerKind kind, const torch::nn::Module& conv) {
     case LayerKind::Conv2d: return dynamic_cast<const torch::nn::Conv2dImpl&>(conv).weight;
     default: return dynamic_cast<const torch::nn::Conv3dImpl&>(conv).weight;
   }
-}
-
-// The base layer's convolution without bias, for DoRA with dropout (Python's conv_fn(x, weight, ...)).
-template <class Conv>
-at::Tensor conv_without_bias(const Conv& conv, const at::Tensor& x) {
-  const auto& o = conv.options;
-  auto call = [&](auto padding) {
-    if constexpr (std::is_same_v<Conv, torch::nn::Conv1dImpl>) {
-      return at::conv1d(x, conv.weight, {}, *o.stride(), padding, *o.dilation(), o.groups());
-    } else if constexpr (std::is_same_v<Conv, torch::nn::Conv2dImpl>) {
-      return at::conv2d(x, conv.weight, {}, *o.stride(), padding, *o.dilation(), o.groups());
-    } else {
-      return at::conv3d(x, conv.weight, {}, *o.stride(), padding, *o.dilation(), o.groups());
-    }
-  };
-  return c10::visit(
-      [&](const auto& padding) -> at::Tensor {
-        using P = std::decay_t<decltype(padding)>;
-        if constexpr (std::is_same_v<P, torch::enumtype::kValid>) {
-          return call(c10::string_view("valid"));
-        } else if constexpr (std::is_same_v<P, torch::enumtype::kSame>) {
-          return call(c10::string_view("same"));
-        } else {
-          return call(at::IntArrayRef(*padding));
-        }
-      },
-      o.padding());
 }
 
 }  // namespace
@@ -156,13 +126,24 @@ at::Tensor LoraLayer::forward(torch::nn::Module& base, const at::Tensor& input, 
     case LayerKind::Embedding: result = forward_embedding(base, input, std::move(result), *view); break;
     case LayerKind::Conv1d:
     case LayerKind::Conv2d:
-    case LayerKind::Conv3d: result = forward_conv(base, input, std::move(result), *view); break;
-    default: result = forward_linear(base, input, std::move(result), *view); break;
+    case LayerKind::Conv3d: result = forward_conv(base, input, std::move(result), *view, base_forward); break;
+    default: result = forward_linear(base, input, std::move(result), *view, base_forward); break;
   }
   return cast_to(result, result_dtype);
 }
 
-at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view) {
+// The layer's output without its bias, for DoRA with active dropout (Python recomputes W x on the dropped x).
+at::Tensor LoraLayer::base_without_bias(const at::Tensor& x, BaseForward base_forward) const {
+  const at::Tensor bias = base_layer().bias();
+  const at::Tensor out = base_forward(x);
+  if (!bias.defined()) return out;
+  std::vector<int64_t> shape(out.dim(), 1);
+  shape[base_layer().is_conv() ? 1 : out.dim() - 1] = -1;
+  return out - bias.view(shape);
+}
+
+at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
+                                     BaseForward base_forward) {
   for (const auto& a : view.active) {
     const at::Tensor& A = a->linear_A->weight;
     const at::Tensor& B = a->linear_B->weight;
@@ -180,7 +161,7 @@ at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& 
       const at::Tensor lora_result = at::linear(at::linear(input, A), B);
       at::Tensor base_result;
       if (recompute_base) {
-        base_result = at::linear(input, fan_in_fan_out_ ? weight.t() : weight);
+        base_result = base_without_bias(input, base_forward);
       } else {
         const at::Tensor bias = layer.bias();
         base_result = bias.defined() ? result - bias : result;
@@ -237,7 +218,8 @@ at::Tensor LoraLayer::forward_embedding(torch::nn::Module& base, const at::Tenso
   return result;
 }
 
-at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view) {
+at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
+                                   BaseForward base_forward) {
   const LayerKind k = kind();
   for (const auto& a : view.active) {
     at::Tensor input = apply_dropout(*a, cast_to(x, conv_weight(k, *a->A).scalar_type()));
@@ -251,11 +233,7 @@ at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x,
       const at::Tensor scale = magnitude / norm;
       at::Tensor base_result;
       if (a->dropout > 0 && base.is_training()) {
-        switch (k) {
-          case LayerKind::Conv1d: base_result = conv_without_bias(dynamic_cast<torch::nn::Conv1dImpl&>(base), input); break;
-          case LayerKind::Conv2d: base_result = conv_without_bias(dynamic_cast<torch::nn::Conv2dImpl&>(base), input); break;
-          default: base_result = conv_without_bias(dynamic_cast<torch::nn::Conv3dImpl&>(base), input); break;
-        }
+        base_result = base_without_bias(input, base_forward);
       } else {
         const at::Tensor bias = layer.bias();
         std::vector<int64_t> shape(result.dim(), 1);

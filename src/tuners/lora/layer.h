@@ -77,9 +77,12 @@ class LoraLayer final : public TunerLayer {
   std::string checkpoint_key(std::string key) const override;
 
  private:
-  at::Tensor forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
+  at::Tensor forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
+                            BaseForward base_forward);
   at::Tensor forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
-  at::Tensor forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
+  at::Tensor forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
+                          BaseForward base_forward);
+  at::Tensor base_without_bias(const at::Tensor& x, BaseForward base_forward) const;
 
   torch::nn::ModuleDictImpl* dropout_ = nullptr;  // the anchor, which owns this object
   std::shared_ptr<torch::nn::ModuleDictImpl> A_;

@@ -101,6 +101,19 @@ class PendingLora final : public PendingChange {
   std::shared_ptr<const PeftConfig> config;
   std::optional<at::Tensor> new_base_weight;
 
+  std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const override {
+    std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+    if (adapter->A) {
+      out.emplace_back("lora_A.weight", parameters_of(*adapter->A).find("weight")->sizes().vec());
+      out.emplace_back("lora_B.weight", parameters_of(*adapter->B).find("weight")->sizes().vec());
+    } else {
+      out.emplace_back("lora_embedding_A", adapter->embedding_A.sizes().vec());
+      out.emplace_back("lora_embedding_B", adapter->embedding_B.sizes().vec());
+    }
+    if (adapter->magnitude) out.emplace_back("lora_magnitude_vector", adapter->magnitude_impl->magnitude().sizes().vec());
+    return out;
+  }
+
   void commit() override {
     if (new_base_weight) base.weight().set_data(*new_base_weight);
     // New modules start in the layer's mode, so dropout does not run in a model that is in eval mode.
