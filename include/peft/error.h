@@ -41,6 +41,12 @@ class FileFormatError : public Error {
   using Error::Error;
 };
 
+/// An adapter that cannot be merged, or whose merge would produce NaN/Inf (safe_merge).
+class MergeError : public Error {
+ public:
+  using Error::Error;
+};
+
 /// An adapter name that does not exist, or that exists already.
 class AdapterNameError : public Error {
  public:

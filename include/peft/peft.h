@@ -6,6 +6,7 @@
 #include <peft/error.h>
 #include <peft/inject.h>
 #include <peft/layers.h>
+#include <peft/lifecycle.h>
 #include <peft/safetensors.h>
 #include <peft/state_dict.h>
 #include <peft/target_modules.h>

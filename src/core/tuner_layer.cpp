@@ -7,6 +7,8 @@
 
 #include <peft/error.h>
 
+#include "core/sample_routing.h"
+
 namespace peft::detail {
 
 const at::Tensor& AdapterTensor::get() const {
@@ -41,9 +43,27 @@ std::vector<std::string> TunerLayer::active_adapters() const {
   return active_;
 }
 
+bool TunerLayer::disabled() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return disabled_;
+}
+
+std::vector<std::string> TunerLayer::merged_adapters() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return merged_;
+}
+
 void TunerLayer::add_adapter_record(const std::string& name, std::shared_ptr<const PeftConfig> config) {
   std::lock_guard<std::mutex> lock(mutex_);
   adapters_.emplace_back(name, std::move(config));
+  publish();
+}
+
+void TunerLayer::remove_adapter_record(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  adapters_.erase(std::remove_if(adapters_.begin(), adapters_.end(), [&](const auto& e) { return e.first == name; }),
+                  adapters_.end());
+  active_.erase(std::remove(active_.begin(), active_.end(), name), active_.end());
   publish();
 }
 
@@ -59,6 +79,28 @@ void TunerLayer::set_active_adapters(torch::nn::Module& base, const std::vector<
       if (!tensor.is_buffer) tensor.get().set_requires_grad(trainable);
     }
   }
+}
+
+void TunerLayer::set_disabled(torch::nn::Module& base, bool disabled) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  disabled_ = disabled;
+  publish();
+  // Python PEFT's enable_adapters: disabling freezes every adapter, enabling makes the active ones train.
+  for (const auto& entry : adapters_) {
+    const bool trainable = !disabled && std::find(active_.begin(), active_.end(), entry.first) != active_.end();
+    for (const AdapterTensor& tensor : adapter_tensors(base, entry.first)) {
+      if (!tensor.is_buffer) tensor.get().set_requires_grad(trainable);
+    }
+  }
+}
+
+std::unique_ptr<PendingChange> TunerLayer::prepare_merge(torch::nn::Module&, const std::vector<std::string>&, bool) {
+  throw Error(std::string(peft_type()) + " adapters cannot be merged into the base weights.");
+}
+
+const SampleRouting* TunerLayer::sample_routing() const {
+  const SampleRouting* routing = current_sample_routing();
+  return routing && routing->layers.count(this) ? routing : nullptr;
 }
 
 std::vector<AdapterTensor> TunerLayer::adapter_tensors(const torch::nn::Module& base,
@@ -119,6 +161,12 @@ void attach_containers(torch::nn::Module& base,
   for (const auto& [name, module] : containers) base.register_module(name, module);
 }
 
+void detach_containers(torch::nn::Module& base, const std::vector<std::string>& container_names) {
+  for (const std::string& name : container_names) {
+    if (children_of(base).contains(name)) base.unregister_module(name);
+  }
+}
+
 void check_container_names_free(const torch::nn::Module& base, const std::string& module_name,
                                 const std::vector<std::string>& names) {
   const ChildMap& children = children_of(base);
@@ -128,6 +176,12 @@ void check_container_names_free(const torch::nn::Module& base, const std::string
                                   name + "', which the adapter needs for its own weights. Rename that child.");
     }
   }
+}
+
+void erase_from(torch::nn::ModuleDictImpl& dict, const std::string& key) {
+  if (!dict.contains(key)) return;
+  dict.pop(key);
+  dict.unregister_module(key);
 }
 
 }  // namespace peft::detail

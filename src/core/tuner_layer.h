@@ -20,6 +20,7 @@
 #include <torch/nn/modules/container/parameterdict.h>
 
 #include <peft/config.h>
+#include <peft/lifecycle.h>
 
 #include "core/base_layer.h"
 #include "core/module_access.h"
@@ -27,6 +28,18 @@
 namespace peft::detail {
 
 using BaseForward = c10::function_ref<at::Tensor(const at::Tensor&)>;
+using SampleRouting = AdapterNamesPerSample::Routing;
+
+/// A change prepared without touching the model. commit() applies it and must not throw: everything that
+/// can fail (validation, allocation, initialisation, NaN checks) happens while preparing.
+class PendingChange {
+ public:
+  virtual ~PendingChange() = default;
+  virtual void commit() = 0;
+  /// The shapes of the tensors the change will create, by checkpoint key relative to the layer, so a
+  /// state dict can be checked against them before anything is attached.
+  virtual std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const { return {}; }
+};
 
 /// One tensor of an adapter: its checkpoint key relative to the layer ("lora_A.weight") and the registry
 /// slot that holds it.
@@ -70,17 +83,37 @@ class TunerLayer {
                                    bool inference_mode);
   std::vector<std::string> active_adapters() const;
 
+  /// Disabled layers run their base output only; their adapter tensors stop requiring grad.
+  void set_disabled(torch::nn::Module& base, bool disabled);
+  bool disabled() const;
+
   /// Every tensor of `adapter` on this layer; `base` is the adapted layer.
   std::vector<AdapterTensor> adapter_tensors(const torch::nn::Module& base, const std::string& adapter) const;
 
+  /// Adapters whose deltas are in the base weight, in merge order.
+  std::vector<std::string> merged_adapters() const;
+  /// Prepares merging these adapters (those this layer has and has not merged); throws when they cannot be
+  /// merged (or, with `safe_merge`, when the result is not finite) without changing anything.
+  virtual std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
+                                                       bool safe_merge);
+  /// Undoes every merge, last first.
+  virtual void unmerge(torch::nn::Module& base) {}
+  /// Before the layer's containers are removed for good (unload).
+  virtual void prepare_unload(torch::nn::Module& base) {}
+  /// Removes one adapter's modules and records (the caller detaches the containers when none is left).
+  virtual void remove_adapter(torch::nn::Module& base, const std::string& name) = 0;
+
  protected:
-  /// Records a new adapter (called by commit, under no lock held by the caller).
+  /// Records a new adapter (called by commit).
   void add_adapter_record(const std::string& name, std::shared_ptr<const PeftConfig> config);
+  void remove_adapter_record(const std::string& name);
   /// Rebuilds what forward reads after the adapter set, the active set or the merge state changed.
   /// Called with mutex_ held.
   virtual void publish() = 0;
   /// Maps a key derived from the registries ("lora_magnitude_vector.weight") to the checkpoint key.
   virtual std::string checkpoint_key(std::string key) const { return key; }
+  /// The per-sample adapters of the calling thread, if they apply to this layer.
+  const SampleRouting* sample_routing() const;
 
   mutable std::mutex mutex_;  // serialises changes; forward never takes it
   std::vector<std::pair<std::string, std::shared_ptr<const PeftConfig>>> adapters_;
@@ -127,9 +160,14 @@ inline TunerLayer* find_tuner(const torch::nn::Module& layer) {
 /// Names and registers `containers` on `base` in order; the first must be an anchor holding `tuner`.
 void attach_containers(torch::nn::Module& base,
                        const std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& containers);
+/// Removes the tuner's containers from `base` (destroying the tuner): the layer is a plain layer again.
+void detach_containers(torch::nn::Module& base, const std::vector<std::string>& container_names);
 
 /// Throws if `base` already has children with any of these names (a user module that happens to use them).
 void check_container_names_free(const torch::nn::Module& base, const std::string& module_name,
                                 const std::vector<std::string>& names);
+
+/// Removes `key` from a ModuleDict and unregisters it (ModuleDict::pop keeps the registration).
+void erase_from(torch::nn::ModuleDictImpl& dict, const std::string& key);
 
 }  // namespace peft::detail

@@ -19,17 +19,6 @@ namespace peft::detail {
 
 class JsonConfigReader;
 
-/// A change prepared without touching the model. commit() applies it and must not throw: everything that
-/// can fail (validation, allocation, initialisation) happens while preparing.
-class PendingChange {
- public:
-  virtual ~PendingChange() = default;
-  virtual void commit() = 0;
-  /// The shapes of the tensors the change will create, by checkpoint key relative to the layer, so a
-  /// state dict can be checked against them before anything is attached.
-  virtual std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const { return {}; }
-};
-
 /// What a tuner needs to adapt one layer.
 struct LayerRequest {
   std::shared_ptr<const PeftConfig> config;  // effective config (targets expanded)

@@ -25,6 +25,7 @@ class ProbeTuner final : public TunerLayer {
     return input;
   }
   std::vector<std::string> container_names() const override { return {"peft_routing_probe"}; }
+  void remove_adapter(torch::nn::Module&, const std::string&) override {}
 
  protected:
   void publish() override {}

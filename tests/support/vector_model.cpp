@@ -188,3 +188,26 @@ void VectorModelImpl::load_base(const peft::StateDict& weights) {
 }
 
 }  // namespace peft_test
+
+#include "support/vectors.h"
+
+namespace peft_test {
+
+VectorModel base_model(const VectorCase& c, LayerStyle style) {
+  VectorModel model(c.model, style);
+  model->load_base(c.tensors("base.safetensors"));
+  model->eval();
+  return model;
+}
+
+void inject_case_adapters(VectorModel& model, const VectorCase& c, bool low_cpu_mem_usage) {
+  std::vector<std::pair<std::string, std::string>> adapters{{"default", ""}};
+  if (c.has("other/adapter_config.json")) adapters.push_back({"other", "other/"});
+  for (const auto& [name, sub] : adapters) {
+    auto config = peft::load_config((c.dir / (sub + "adapter_config.json")).string());
+    peft::inject_adapter_in_model(*config, model, name, low_cpu_mem_usage);
+    peft::set_peft_model_state_dict(*model, c.tensors(sub + "adapter_model.safetensors"), name, low_cpu_mem_usage);
+  }
+}
+
+}  // namespace peft_test

@@ -48,3 +48,15 @@ class VectorModelImpl : public torch::nn::Module {
 TORCH_MODULE(VectorModel);
 
 }  // namespace peft_test
+
+namespace peft_test {
+
+struct VectorCase;
+
+/// The case's base model with its base weights, in eval mode.
+VectorModel base_model(const VectorCase& c, LayerStyle style = LayerStyle::Torch);
+/// Injects the case's adapters ("default", then "other" if present) from their adapter_config.json and
+/// loads their adapter_model.safetensors; "other" ends up active when present.
+void inject_case_adapters(VectorModel& model, const VectorCase& c, bool low_cpu_mem_usage = false);
+
+}  // namespace peft_test

@@ -8,10 +8,11 @@
 #include <ATen/ops/matmul.h>
 #include <torch/nn/functional/embedding.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 
+#include <peft/error.h>
+
+#include "core/sample_routing.h"
 #include "tuners/lora/dora.h"
 
 namespace peft::detail::lora {
@@ -62,17 +63,15 @@ std::shared_ptr<LoraLayer> LoraLayer::create(
   auto layer = std::make_shared<LoraLayer>(base, A, B, embedding_A, embedding_B, magnitude);
   layer->dropout_ = dropout.get();
   dropout->tuner = layer;
-  attachments = {{"lora_dropout", dropout}, {"lora_A", A},
-                 {"lora_B", B},             {"lora_embedding_A", embedding_A},
+  attachments = {{"lora_dropout", dropout},         {"lora_A", A},
+                 {"lora_B", B},                     {"lora_embedding_A", embedding_A},
                  {"lora_embedding_B", embedding_B}, {"lora_magnitude_vector", magnitude}};
   return layer;
 }
 
 LoraLayer::LoraLayer(const BaseLayer& base, std::shared_ptr<torch::nn::ModuleDictImpl> A,
-                     std::shared_ptr<torch::nn::ModuleDictImpl> B,
-                     std::shared_ptr<ParameterDictImpl> embedding_A,
-                     std::shared_ptr<ParameterDictImpl> embedding_B,
-                     std::shared_ptr<torch::nn::ModuleDictImpl> magnitude)
+                     std::shared_ptr<torch::nn::ModuleDictImpl> B, std::shared_ptr<ParameterDictImpl> embedding_A,
+                     std::shared_ptr<ParameterDictImpl> embedding_B, std::shared_ptr<torch::nn::ModuleDictImpl> magnitude)
     : TunerLayer(base),
       A_(std::move(A)),
       B_(std::move(B)),
@@ -100,13 +99,52 @@ void LoraLayer::add(std::shared_ptr<Adapter> adapter, std::shared_ptr<const Peft
   add_adapter_record(name, std::move(config));
 }
 
+void LoraLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
+  erase_from(*dropout_, name);
+  erase_from(*A_, name);
+  erase_from(*B_, name);
+  erase_from(*magnitude_, name);
+  if (embedding_A_->contains(name)) embedding_A_->pop(name);
+  if (embedding_B_->contains(name)) embedding_B_->pop(name);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    by_name_.erase(name);
+    dora_norms_.erase(name);
+  }
+  remove_adapter_record(name);
+}
+
+std::shared_ptr<const Adapter> LoraLayer::adapter(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : it->second;
+}
+
+void LoraLayer::set_scaling(const std::string& name, double scaling) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = by_name_.find(name);
+  if (it == by_name_.end() || it->second->scaling == scaling) return;
+  auto changed = std::make_shared<Adapter>(*it->second);
+  changed->scaling = scaling;
+  it->second = std::move(changed);
+  publish();
+}
+
+std::pair<at::Tensor, at::Tensor> LoraLayer::lora_weights(const Adapter& a) const {
+  if (a.linear_A) return {a.linear_A->weight, a.linear_B->weight};
+  if (a.A) return {conv_weight(kind(), *a.A), conv_weight(kind(), *a.B)};
+  return {embedding_A_->get(a.name), embedding_B_->get(a.name)};
+}
+
 void LoraLayer::publish() {
   auto view = std::make_shared<View>();
   for (const std::string& name : active_) {
     auto it = by_name_.find(name);
     if (it != by_name_.end()) view->active.push_back(it->second);
   }
-  view->bypass = view->active.empty() || disabled_ || !merged_.empty();
+  for (const auto& entry : by_name_) view->all.push_back(entry.second);
+  view->disabled = disabled_;
+  view->merged = !merged_.empty();
   std::atomic_store(&view_, std::shared_ptr<const View>(std::move(view)));
 }
 
@@ -119,7 +157,12 @@ std::string LoraLayer::checkpoint_key(std::string key) const {
 
 at::Tensor LoraLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
   const std::shared_ptr<const View> view = std::atomic_load(&view_);
-  if (view->bypass) return base_forward(input);
+  // Python's order: disabled, then per-sample adapters, then merged, then the active adapters.
+  if (view->disabled) return base_forward(input);
+  if (const SampleRouting* routing = sample_routing()) {
+    return forward_per_sample(base, input, base_forward, *view, *routing);
+  }
+  if (view->merged || view->active.empty()) return base_forward(input);
   at::Tensor result = base_forward(input);
   const c10::ScalarType result_dtype = result.scalar_type();
   switch (kind()) {
@@ -142,6 +185,12 @@ at::Tensor LoraLayer::base_without_bias(const at::Tensor& x, BaseForward base_fo
   return out - bias.view(shape);
 }
 
+at::Tensor LoraLayer::embed(torch::nn::Module& base, const at::Tensor& ids, const at::Tensor& weight) const {
+  const auto& options = dynamic_cast<const torch::nn::EmbeddingImpl&>(base).options;
+  return torch::nn::functional::detail::embedding(ids, weight, options.padding_idx(), options.max_norm(),
+                                                  options.norm_type(), options.scale_grad_by_freq(), options.sparse());
+}
+
 at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
                                      BaseForward base_forward) {
   for (const auto& a : view.active) {
@@ -156,8 +205,7 @@ at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& 
       const at::Tensor lora_weight = cast_to(at::matmul(B, A), input.scalar_type());
       const at::Tensor norm = dora_weight_norm(LayerKind::Linear, weight, lora_weight.detach(), a->scaling,
                                                fan_in_fan_out_).detach();
-      const at::Tensor& magnitude = a->magnitude_impl->magnitude();
-      const at::Tensor scale = (magnitude / norm).view({1, -1});
+      const at::Tensor scale = (a->magnitude_impl->magnitude() / norm).view({1, -1});
       const at::Tensor lora_result = at::linear(at::linear(input, A), B);
       at::Tensor base_result;
       if (recompute_base) {
@@ -184,32 +232,22 @@ at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& 
       }
       continue;
     }
-    const at::Tensor& B_bias = a->linear_B->bias;
-    result = result + at::linear(hidden, B, a->lora_bias ? B_bias : at::Tensor()) * a->scaling;
+    result = result + at::linear(hidden, B, a->lora_bias ? a->linear_B->bias : at::Tensor()) * a->scaling;
   }
   return result;
 }
 
 at::Tensor LoraLayer::forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,
                                         const View& view) {
-  const auto& embedding = dynamic_cast<const torch::nn::EmbeddingImpl&>(base);
-  const auto& options = embedding.options;
-  auto embed = [&](const at::Tensor& weight) {
-    return torch::nn::functional::detail::embedding(x, weight, options.padding_idx(), options.max_norm(),
-                                                    options.norm_type(), options.scale_grad_by_freq(),
-                                                    options.sparse());
-  };
   for (const auto& a : view.active) {
-    const at::Tensor& A = embedding_A_->get(a->name);  // (r, num_embeddings)
-    const at::Tensor& B = embedding_B_->get(a->name);  // (embedding_dim, r)
-    const at::Tensor after_A = embed(A.t());
+    const auto [A, B] = lora_weights(*a);  // A: (r, num_embeddings), B: (embedding_dim, r)
+    const at::Tensor after_A = embed(base, x, A.t());
     if (a->use_dora) {
-      const at::Tensor& weight = embedding.weight;
+      const at::Tensor& weight = base_layer().weight();
       const at::Tensor lora_weight = at::matmul(A.t(), B.t()).t();
-      const at::Tensor norm = dora_weight_norm(LayerKind::Embedding, weight, lora_weight.detach(), a->scaling,
-                                               true).detach();
-      const at::Tensor& magnitude = a->magnitude_impl->magnitude();
-      const at::Tensor scale = magnitude / norm;
+      const at::Tensor norm =
+          dora_weight_norm(LayerKind::Embedding, weight, lora_weight.detach(), a->scaling, true).detach();
+      const at::Tensor scale = a->magnitude_impl->magnitude() / norm;
       result = scale * result + scale * at::matmul(after_A, B.t()) * a->scaling;
       continue;
     }
@@ -222,20 +260,19 @@ at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x,
                                    BaseForward base_forward) {
   const LayerKind k = kind();
   for (const auto& a : view.active) {
-    at::Tensor input = apply_dropout(*a, cast_to(x, conv_weight(k, *a->A).scalar_type()));
+    const auto [A, B] = lora_weights(*a);
+    at::Tensor input = apply_dropout(*a, cast_to(x, A.scalar_type()));
     const at::Tensor lora_result = conv_forward(k, *a->B, conv_forward(k, *a->A, input));
     if (a->use_dora) {
-      const BaseLayer& layer = base_layer();
-      const at::Tensor weight = layer.weight();
-      const at::Tensor lora_weight = dora_lora_weight(k, conv_weight(k, *a->A), conv_weight(k, *a->B), weight.sizes());
+      const at::Tensor weight = base_layer().weight();
+      const at::Tensor lora_weight = dora_lora_weight(k, A, B, weight.sizes());
       const at::Tensor norm = dora_weight_norm(k, weight, lora_weight.detach(), a->scaling, false).detach();
-      const at::Tensor& magnitude = a->magnitude_impl->magnitude();
-      const at::Tensor scale = magnitude / norm;
+      const at::Tensor scale = a->magnitude_impl->magnitude() / norm;
       at::Tensor base_result;
       if (a->dropout > 0 && base.is_training()) {
         base_result = base_without_bias(input, base_forward);
       } else {
-        const at::Tensor bias = layer.bias();
+        const at::Tensor bias = base_layer().bias();
         std::vector<int64_t> shape(result.dim(), 1);
         shape[1] = -1;
         base_result = bias.defined() ? result - bias.view(shape) : result;
@@ -244,6 +281,55 @@ at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x,
       continue;
     }
     result = result + lora_result * a->scaling;
+  }
+  return result;
+}
+
+at::Tensor LoraLayer::lora_branch(torch::nn::Module& base, const Adapter& a, const at::Tensor& x) {
+  const auto [A, B] = lora_weights(a);
+  switch (kind()) {
+    case LayerKind::Embedding: return at::matmul(embed(base, x, A.t()), B.t()) * a.scaling;
+    case LayerKind::Conv1d:
+    case LayerKind::Conv2d:
+    case LayerKind::Conv3d: {
+      const at::Tensor input = apply_dropout(a, cast_to(x, A.scalar_type()));
+      return conv_forward(kind(), *a.B, conv_forward(kind(), *a.A, input)) * a.scaling;
+    }
+    default: {
+      const at::Tensor input = apply_dropout(a, cast_to(x, A.scalar_type()));
+      return at::linear(at::linear(input, A), B, a.lora_bias ? a.linear_B->bias : at::Tensor()) * a.scaling;
+    }
+  }
+}
+
+at::Tensor LoraLayer::forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
+                                         const View& view, const SampleRouting& routing) {
+  // Python PEFT's _check_forward_args and _mixed_batch_forward: one pair of products per adapter group.
+  if (x.dim() == 0 || x.size(0) != static_cast<int64_t>(routing.names.size())) {
+    throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
+                      std::to_string(routing.names.size()) + " and " + std::to_string(x.dim() ? x.size(0) : 0) +
+                      " respectively.");
+  }
+  if (view.merged) {
+    throw ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
+  }
+  auto find = [&](const std::string& name) -> const Adapter* {
+    for (const auto& a : view.all) {
+      if (a->name == name) return a.get();
+    }
+    return nullptr;
+  };
+  for (const auto& [name, rows] : routing.groups) {
+    const Adapter* a = find(name);
+    if (a && a->use_dora) throw ConfigError("Cannot pass `adapter_names` when DoRA is enabled.");
+  }
+  at::Tensor result = base_forward(x);
+  for (const auto& [name, rows] : routing.groups) {
+    const Adapter* a = find(name);
+    if (!a) continue;  // "__base__", or an adapter this layer does not have
+    const at::Tensor index = rows.device() == x.device() ? rows : rows.to(x.device());
+    const at::Tensor update = lora_branch(base, *a, x.index_select(0, index));
+    result.index_add_(0, index, cast_to(update, result.scalar_type()));
   }
   return result;
 }

@@ -1,7 +1,8 @@
 #pragma once
 
 // LoRA on one layer (Linear, peft::LinearLike, Embedding, Conv1d/2d/3d): Python PEFT's lora.Linear,
-// lora.Embedding and lora.ConvNd in one class, with the per-kind math in layer.cpp.
+// lora.Embedding and lora.ConvNd in one class. Forward math is in layer.cpp, merging in merge.cpp,
+// rank padding and weight swapping in hotswap.cpp.
 
 #include <map>
 #include <memory>
@@ -19,7 +20,8 @@ namespace peft::detail::lora {
 
 class DoraMagnitudeImpl;
 
-/// One adapter on one layer. Immutable once published: forward reads it without taking a lock.
+/// One adapter on one layer. Immutable once published: forward reads it without taking a lock (a change
+/// of scaling publishes a new Adapter).
 struct Adapter {
   std::string name;
   int64_t r = 0;
@@ -46,7 +48,9 @@ struct Adapter {
 /// What forward needs, swapped in one piece when anything changes.
 struct View {
   std::vector<std::shared_ptr<const Adapter>> active;
-  bool bypass = true;  // no active adapter, adapters disabled, or merged: the base output is the answer
+  std::vector<std::shared_ptr<const Adapter>> all;
+  bool disabled = false;
+  bool merged = false;
 };
 
 class LoraLayer final : public TunerLayer {
@@ -60,8 +64,7 @@ class LoraLayer final : public TunerLayer {
 
   LoraLayer(const BaseLayer& base, std::shared_ptr<torch::nn::ModuleDictImpl> A,
             std::shared_ptr<torch::nn::ModuleDictImpl> B, std::shared_ptr<ParameterDictImpl> embedding_A,
-            std::shared_ptr<ParameterDictImpl> embedding_B,
-            std::shared_ptr<torch::nn::ModuleDictImpl> magnitude);
+            std::shared_ptr<ParameterDictImpl> embedding_B, std::shared_ptr<torch::nn::ModuleDictImpl> magnitude);
 
   const char* peft_type() const override { return "LORA"; }
   std::vector<std::string> container_names() const override { return containers(); }
@@ -69,6 +72,19 @@ class LoraLayer final : public TunerLayer {
 
   /// Registers a prepared adapter in the containers (commit step; does not throw).
   void add(std::shared_ptr<Adapter> adapter, std::shared_ptr<const PeftConfig> config);
+  void remove_adapter(torch::nn::Module& base, const std::string& name) override;
+
+  std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
+                                               bool safe_merge) override;
+  void unmerge(torch::nn::Module& base) override;
+  /// scaling * B A laid out like the base weight (Python's get_delta_weight).
+  at::Tensor delta_weight(const Adapter& adapter) const;
+
+  std::shared_ptr<const Adapter> adapter(const std::string& name) const;
+  /// Publishes the adapter with a new scaling (hot-swapping another adapter's alpha/rank in).
+  void set_scaling(const std::string& name, double scaling);
+  /// The A and B weights (or embedding A/B) of an adapter, as registered.
+  std::pair<at::Tensor, at::Tensor> lora_weights(const Adapter& adapter) const;
 
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
 
@@ -82,7 +98,14 @@ class LoraLayer final : public TunerLayer {
   at::Tensor forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
   at::Tensor forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
                           BaseForward base_forward);
+  at::Tensor forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
+                                const View& view, const SampleRouting& routing);
+  /// The plain LoRA branch (no DoRA) of one adapter on `x`, scaled.
+  at::Tensor lora_branch(torch::nn::Module& base, const Adapter& a, const at::Tensor& x);
   at::Tensor base_without_bias(const at::Tensor& x, BaseForward base_forward) const;
+  at::Tensor embed(torch::nn::Module& base, const at::Tensor& ids, const at::Tensor& weight) const;
+
+  friend class PendingMerge;
 
   torch::nn::ModuleDictImpl* dropout_ = nullptr;  // the anchor, which owns this object
   std::shared_ptr<torch::nn::ModuleDictImpl> A_;
@@ -93,6 +116,7 @@ class LoraLayer final : public TunerLayer {
   bool fan_in_fan_out_ = false;
 
   std::map<std::string, std::shared_ptr<const Adapter>> by_name_;
+  std::map<std::string, at::Tensor> dora_norms_;  // ||W + delta|| at merge time, needed to unmerge DoRA
   std::shared_ptr<const View> view_;  // read with std::atomic_load, replaced with std::atomic_store
 };
 

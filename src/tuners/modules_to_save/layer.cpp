@@ -6,6 +6,7 @@
 
 #include <peft/error.h>
 
+#include "core/sample_routing.h"
 #include "core/tensor_slots.h"
 #include "routing/router.h"
 
@@ -138,9 +139,66 @@ std::string ModulesToSaveLayer::checkpoint_key(std::string key) const {
 }
 
 at::Tensor ModulesToSaveLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
+  if (const SampleRouting* routing = sample_routing()) {
+    if (!disabled()) return forward_per_sample(input, base_forward, *routing);
+  }
   const std::shared_ptr<torch::nn::Module> copy = std::atomic_load(&active_copy_);
   if (!copy) return base_forward(input);
   return forward_copy(kind(), *copy, input);
+}
+
+at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseForward base_forward,
+                                                  const SampleRouting& routing) {
+  // Python's AuxiliaryTrainingWrapper._mixed_batch_forward: each group through its copy (or the layer).
+  if (kind() == LayerKind::LayerNorm) {
+    throw ConfigError("Mixed batching is only supported for the following modules: Linear, Embedding, Conv1d, "
+                      "Conv2d, Conv3d.");
+  }
+  if (input.dim() == 0 || input.size(0) != static_cast<int64_t>(routing.names.size())) {
+    throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
+                      std::to_string(routing.names.size()) + " and " + std::to_string(input.dim() ? input.size(0) : 0) +
+                      " respectively.");
+  }
+  at::Tensor result;
+  for (const auto& [name, rows] : routing.groups) {
+    const at::Tensor index = rows.device() == input.device() ? rows : rows.to(input.device());
+    const at::Tensor sub_batch = input.index_select(0, index);
+    std::shared_ptr<torch::nn::Module> copy;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = by_name_.find(name);
+      if (it != by_name_.end()) copy = it->second;
+    }
+    const at::Tensor out = copy ? forward_copy(kind(), *copy, sub_batch) : base_forward(sub_batch);
+    if (!result.defined()) {
+      std::vector<int64_t> shape = out.sizes().vec();
+      shape[0] = input.size(0);
+      result = at::empty(shape, out.options());
+    }
+    result.index_copy_(0, index, out);
+  }
+  return result;
+}
+
+void ModulesToSaveLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
+  erase_from(*copies_, name);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    by_name_.erase(name);
+  }
+  remove_adapter_record(name);
+}
+
+void ModulesToSaveLayer::prepare_unload(torch::nn::Module& base) {
+  const std::shared_ptr<torch::nn::Module> copy = std::atomic_load(&active_copy_);
+  if (!copy) return;
+  at::NoGradGuard no_grad;
+  for (const auto& param : parameters_of(*copy)) {
+    if (at::Tensor* slot = parameters_of(base).find(param.key())) slot->set_data(param.value());
+  }
+  for (const auto& buffer : buffers_of(*copy)) {
+    if (at::Tensor* slot = buffers_of(base).find(buffer.key())) slot->set_data(buffer.value());
+  }
 }
 
 std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, const std::string& module_name,

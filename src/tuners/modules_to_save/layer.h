@@ -25,12 +25,21 @@ class ModulesToSaveLayer final : public TunerLayer {
   void set_active_adapters(torch::nn::Module& base, const std::vector<std::string>& names, bool inference_mode) override;
 
   void add(const std::string& adapter, std::shared_ptr<torch::nn::Module> copy, std::shared_ptr<const PeftConfig> config);
+  void remove_adapter(torch::nn::Module& base, const std::string& name) override;
+  /// Nothing to merge: the copy is the trained layer.
+  std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module&, const std::vector<std::string>&, bool) override {
+    return nullptr;
+  }
+  /// The layer takes over the active adapter's copy (its tensors), as Python PEFT's unload returns it.
+  void prepare_unload(torch::nn::Module& base) override;
 
  protected:
   void publish() override;
   std::string checkpoint_key(std::string key) const override;
 
  private:
+  at::Tensor forward_per_sample(const at::Tensor& input, BaseForward base_forward, const SampleRouting& routing);
+
   torch::nn::ModuleDictImpl* copies_ = nullptr;  // the anchor, which owns this object
   std::map<std::string, std::shared_ptr<torch::nn::Module>> by_name_;
   std::shared_ptr<torch::nn::Module> active_copy_;  // read with std::atomic_load

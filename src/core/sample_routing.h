@@ -1,0 +1,36 @@
+#pragma once
+
+// Per-sample adapter names (AdapterNamesPerSample): the rows of a batch grouped by adapter once, for the
+// adapted layers of one model, visible to the forwards of the thread that created the guard.
+
+#include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include <peft/lifecycle.h>
+
+namespace peft::detail {
+class TunerLayer;
+}  // namespace peft::detail
+
+namespace peft {
+
+struct AdapterNamesPerSample::Routing {
+  std::vector<std::string> names;                          // one per row
+  std::vector<std::pair<std::string, at::Tensor>> groups;  // adapter -> row indices (int64, CPU), first-seen order
+  std::unordered_set<const detail::TunerLayer*> layers;    // the layers of the guarded model
+
+};
+
+}  // namespace peft
+
+namespace peft::detail {
+
+/// The calling thread's innermost AdapterNamesPerSample, or nullptr.
+const AdapterNamesPerSample::Routing* current_sample_routing();
+void set_current_sample_routing(const AdapterNamesPerSample::Routing* routing);
+
+}  // namespace peft::detail
