@@ -43,6 +43,8 @@ class PeftConfig {
   const std::optional<std::string>& task_type() const noexcept { return task_type_; }
   const std::optional<std::string>& base_model_name_or_path() const noexcept { return base_model_name_or_path_; }
   const std::optional<std::string>& revision() const noexcept { return revision_; }
+  /// The peft_version of the file the config was read from (Python PEFT's version, or this library's).
+  const std::optional<std::string>& peft_version() const noexcept { return peft_version_; }
 
   /// The config as Python PEFT's adapter_config.json would hold it (sorted keys, 2-space indent).
   std::string to_json_string() const;
@@ -59,6 +61,8 @@ class PeftConfig {
   std::optional<std::string> task_type_;
   std::optional<std::string> base_model_name_or_path_;
   std::optional<std::string> revision_;
+  std::optional<std::string> peft_version_;
+  std::string auto_mapping_json_ = "null";  // kept verbatim so a re-saved config names the same model class
 };
 
 /// Prints the config as its JSON form, prefixed with the class name.

@@ -2,6 +2,7 @@
 
 // peft-cpp: Hugging Face PEFT's adapter injection for LibTorch models.
 
+#include <peft/checkpoint.h>
 #include <peft/config.h>
 #include <peft/error.h>
 #include <peft/inject.h>

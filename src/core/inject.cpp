@@ -13,6 +13,7 @@
 #include <peft/error.h>
 #include <peft/inject.h>
 
+#include "core/inject_internal.h"
 #include "core/json_config.h"
 #include "core/matching.h"
 #include "core/model_adapters.h"
@@ -85,9 +86,13 @@ void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std:
   for (size_t i = 0; i < names.size(); ++i) {
     for (const auto& [key, shape] : pending[i]->checkpoint_shapes()) {
       auto it = by_key.find(names[i] + "." + key);
-      if (it == by_key.end() || it->second->sizes().vec() == shape) continue;
+      if (it == by_key.end()) continue;
       std::ostringstream line;
-      line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);
+      if (it->second->sizes().vec() != shape) {
+        line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);
+      } else if (!it->second->is_floating_point()) {
+        line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, adapter weights are floating point";
+      }
       problems += line.str();
     }
   }
@@ -107,6 +112,13 @@ struct Candidate {
 
 void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::string& adapter_name,
             bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const CallerProbes& probes) {
+  inject_checked(user_config, model, adapter_name, low_cpu_mem_usage, state_dict, probes,
+                 state_dict ? &*state_dict : nullptr);
+}
+
+void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, const std::string& adapter_name,
+                    bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const CallerProbes& probes,
+                    const StateDict* weights) {
   const Tuner* tuner = find_tuner_for(user_config.peft_type());
   if (!tuner) {
     throw ConfigError("`inject_adapter_in_model` does not support " + user_config.peft_type() + " yet.");
@@ -118,26 +130,30 @@ void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::
   std::shared_ptr<PeftConfig> config = user_config.clone();
   config->validate();
 
-  // ---- adapters already in the model
-  const ModelAdapters existing = collect_adapters(model);
-  if (existing.has(adapter_name)) {
-    throw AdapterNameError("An adapter named '" + adapter_name + "' is already in the model (adapters: " +
-                           existing.names_text() + "). Choose another name, or delete it first.");
+  // ---- adapters already in the model. Only what this adapter needs is looked at, so adding the N-th
+  // adapter costs the same as adding the first.
+  const std::vector<AdaptedLayer> existing_layers = adapted_layers(model);
+  for (const AdaptedLayer& layer : existing_layers) {
+    if (layer.tuner->has_adapter(adapter_name)) {
+      throw AdapterNameError("An adapter named '" + adapter_name + "' is already in the model (adapters: " +
+                             collect_adapters(model).names_text() + "). Choose another name, or delete it first.");
+    }
   }
-  if (!existing.empty()) {
+  if (!existing_layers.empty()) {
     TORCH_WARN("Already found a `peft_config` attribute in the model. This will lead to having multiple adapters in "
                "the model. Make sure to know what you are doing!");
   }
-  std::vector<std::shared_ptr<const PeftConfig>> existing_configs = existing.configs();
-  const int with_bias = (config->bias_mode() != "none") +
-                        static_cast<int>(std::count_if(existing_configs.begin(), existing_configs.end(),
-                                                       [](const auto& c) { return c->bias_mode() != "none"; }));
-  if (with_bias > 1) {
-    throw ConfigError(std::string(tuner->peft_type()) +
-                      " supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for all "
-                      "adapters.");
+  if (config->bias_mode() != "none" || tuner->checks_other_adapters()) {
+    const std::vector<std::shared_ptr<const PeftConfig>> existing_configs = collect_adapters(model).configs();
+    const bool other_with_bias = std::any_of(existing_configs.begin(), existing_configs.end(),
+                                             [](const auto& c) { return c->bias_mode() != "none"; });
+    if (config->bias_mode() != "none" && other_with_bias) {
+      throw ConfigError(std::string(tuner->peft_type()) +
+                        " supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for "
+                        "all adapters.");
+    }
+    tuner->check_new_adapter(*config, existing_configs);
   }
-  tuner->check_new_adapter(*config, existing_configs);
 
   if (!state_dict && !config->target_modules().is_set()) {
     throw ConfigError("Please specify `target_modules` or `target_parameters`in `peft_config`");
@@ -270,7 +286,7 @@ void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::
       if (needs_routing(*c.module, base->kind)) routed_kinds.insert(base->kind);
     }
   }
-  if (state_dict) check_state_dict_shapes(*state_dict, pending_names, pending, *config);
+  if (weights) check_state_dict_shapes(*weights, pending_names, pending, *config);
   for (LayerKind kind : routed_kinds) check_routing(kind, probes);
 
   // ---- phase 3: commit

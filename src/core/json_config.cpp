@@ -10,6 +10,11 @@
 #include "core/tuner_registry.h"
 
 namespace peft::detail {
+
+// The Python PEFT version whose file format this library reads and writes, and this library. Python PEFT
+// parses the part before "@" as a version (OFT's config does), so it must stay a valid version number.
+const char* const kPeftVersion = "0.20.1.dev0@peft-cpp-0.1.0";
+
 namespace {
 
 using json = nlohmann::json;
@@ -206,8 +211,8 @@ void ConfigFields::read_common(JsonConfigReader& reader, PeftConfig& config) {
   config.base_model_name_or_path_ = reader.get_optional_string("base_model_name_or_path");
   config.revision_ = reader.get_optional_string("revision");
   reader.ignore("peft_type");
-  reader.ignore("peft_version");
-  reader.ignore("auto_mapping");
+  config.peft_version_ = reader.get_optional_string("peft_version");
+  if (const json* mapping = reader.raw("auto_mapping")) config.auto_mapping_json_ = mapping->dump();
 }
 
 void ConfigFields::write_common(const PeftConfig& config, json& out) {
@@ -216,7 +221,8 @@ void ConfigFields::write_common(const PeftConfig& config, json& out) {
   out["base_model_name_or_path"] = config.base_model_name_or_path_ ? json(*config.base_model_name_or_path_) : json(nullptr);
   out["revision"] = config.revision_ ? json(*config.revision_) : json(nullptr);
   out["inference_mode"] = config.inference_mode_;
-  out["auto_mapping"] = nullptr;
+  out["auto_mapping"] = json::parse(config.auto_mapping_json_);
+  out["peft_version"] = kPeftVersion;
   out["target_modules"] = targets_to_json(config.target_modules_);
   out["exclude_modules"] = targets_to_json(config.exclude_modules_);
   out["modules_to_save"] = config.modules_to_save_ ? json(*config.modules_to_save_) : json(nullptr);
@@ -288,7 +294,8 @@ std::string PeftConfig::to_json_string() const {
   nlohmann::json out = nlohmann::json::object();
   detail::ConfigFields::write_common(*this, out);
   tuner->write_config(*this, out);
-  return out.dump(2);  // nlohmann::json objects are ordered by key, as Python's json.dump(sort_keys=True)
+  // nlohmann::json objects are ordered by key: json.dumps(indent=2, sort_keys=True) with ASCII escapes.
+  return out.dump(2, ' ', /*ensure_ascii=*/true);
 }
 
 }  // namespace peft

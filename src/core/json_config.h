@@ -15,6 +15,9 @@
 
 namespace peft::detail {
 
+/// The peft_version this library writes.
+extern const char* const kPeftVersion;
+
 class JsonConfigReader;
 
 /// Access to PeftConfig's shared fields for the JSON reader/writer.
@@ -24,6 +27,7 @@ struct ConfigFields {
   static void set_target_modules(PeftConfig& config, TargetModules targets) {
     config.target_modules_ = std::move(targets);
   }
+  static void set_inference_mode(PeftConfig& config, bool value) { config.inference_mode_ = value; }
 };
 
 class JsonConfigReader {

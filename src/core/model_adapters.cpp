@@ -1,7 +1,6 @@
 #include "core/model_adapters.h"
 
 #include <algorithm>
-#include <unordered_set>
 
 #include <peft/error.h>
 
@@ -59,19 +58,19 @@ std::shared_ptr<const PeftConfig> require_adapter(const torch::nn::Module& model
 
 void activate_after_injection(torch::nn::Module& model, const std::string& adapter, const PeftConfig& config) {
   const std::vector<AdaptedLayer> layers = adapted_layers(model);
-  std::unordered_set<const c10::TensorImpl*> adapter_tensors;
   for (const AdaptedLayer& layer : layers) {
     layer.tuner->set_active_adapters(*layer.module, {adapter}, config.inference_mode());
-    for (const std::string& name : layer.tuner->adapter_names()) {
-      for (const AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, name)) {
-        adapter_tensors.insert(t.get().unsafeGetTensorImpl());
-      }
+  }
+  // The model's own parameters stop training; the walk does not enter adapter containers, so this costs
+  // the same however many adapters the model has.
+  walk_modules(model, [](const ModuleVisit& v) {
+    for (auto& param : parameters_of(v.module)) {
+      if (param.value().defined()) param.value().set_requires_grad(false);
     }
-  }
-  for (const auto& param : model.named_parameters()) {
-    if (!adapter_tensors.count(param.value().unsafeGetTensorImpl())) param.value().set_requires_grad(false);
-  }
-  const std::string bias = config.bias_mode();
+  });
+  // Biases train per `bias` unless the adapter is loaded for inference. (Python PEFT leaves them trainable
+  // even then; an inference-mode adapter that trains part of the base model is not useful.)
+  const std::string bias = config.inference_mode() ? "none" : config.bias_mode();
   if (bias == "all") {
     for (const auto& param : model.named_parameters()) {
       const std::string& key = param.key();

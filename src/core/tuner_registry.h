@@ -43,6 +43,9 @@ class Tuner {
   /// Writes the method's fields (common fields are written by the caller).
   virtual void write_config(const PeftConfig& config, nlohmann::json& out) const = 0;
 
+  /// Whether check_new_adapter needs the configs of the adapters already in the model (collecting them
+  /// costs a walk over every adapter of every layer).
+  virtual bool checks_other_adapters() const { return false; }
   /// Checks a new adapter's config against the adapters already in the model.
   virtual void check_new_adapter(const PeftConfig& config,
                                  const std::vector<std::shared_ptr<const PeftConfig>>& existing) const;

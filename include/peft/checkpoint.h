@@ -1,0 +1,50 @@
+#pragma once
+
+// Adapter directories as Python PEFT's save_pretrained writes them and from_pretrained / load_adapter read
+// them: adapter_config.json + adapter_model.safetensors.
+
+#include <optional>
+#include <string>
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <peft/detail/caller_probes.h>
+#include <peft/state_dict.h>
+
+namespace peft {
+
+/// Writes `directory/adapter_config.json` (Python's layout: sorted keys, 2-space indent, inference_mode
+/// true, peft_version naming this library) and `directory/adapter_model.safetensors` (keys prefixed
+/// `base_model.model.`, metadata {"format": "pt"}, the adapter's own dtype). An adapter other than "default"
+/// goes to `directory/<adapter_name>/`, as save_pretrained does. Each file is written atomically.
+void save_adapter(const torch::nn::Module& model, const std::string& directory,
+                  const std::string& adapter_name = "default");
+
+struct LoadAdapterOptions {
+  /// Create the adapter on the meta device and adopt the file's tensors (memory-mapped) instead of copying.
+  bool low_cpu_mem_usage = false;
+  /// Load for training (Python's is_trainable); otherwise the adapter is frozen (inference_mode).
+  bool is_trainable = false;
+  /// Keep float16/bfloat16 adapter weights in float32, as Python PEFT does by default.
+  bool autocast_adapter_dtype = true;
+  /// Put the adapter's tensors on this device / in this dtype (default: the adapted layer's device and dtype).
+  std::optional<c10::Device> device;
+  std::optional<c10::ScalarType> dtype;
+};
+
+namespace detail {
+LoadResult load_adapter(torch::nn::Module& model, const std::string& directory, const std::string& adapter_name,
+                        const LoadAdapterOptions& options, const CallerProbes& probes);
+}  // namespace detail
+
+/// Reads an adapter directory (for an adapter other than "default", `directory/<adapter_name>/` when it
+/// exists, which is where save_adapter and Python's save_pretrained put it), injects the
+/// adapter under `adapter_name` and loads its weights. Everything that can fail (missing or malformed files,
+/// config values peft-cpp cannot honour, shapes that do not fit) fails before the model is changed.
+inline LoadResult load_adapter(torch::nn::Module& model, const std::string& directory,
+                               const std::string& adapter_name = "default", const LoadAdapterOptions& options = {}) {
+  return detail::load_adapter(model, directory, adapter_name, options, detail::caller_probes());
+}
+
+}  // namespace peft

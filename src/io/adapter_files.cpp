@@ -1,0 +1,110 @@
+// save_adapter / load_adapter: Python PEFT's adapter directories.
+
+#include <peft/checkpoint.h>
+
+#include <filesystem>
+
+#include <c10/util/Exception.h>
+
+#include <peft/config.h>
+#include <peft/error.h>
+#include <peft/inject.h>
+#include <peft/lifecycle.h>
+#include <peft/safetensors.h>
+
+#include "core/inject_internal.h"
+#include "core/json_config.h"
+#include "core/model_adapters.h"
+#include "core/tensor_slots.h"
+#include "io/atomic_file.h"
+
+namespace peft {
+namespace fs = std::filesystem;
+
+namespace detail {
+
+namespace {
+
+constexpr const char* kConfigFile = "adapter_config.json";
+constexpr const char* kWeightsFile = "adapter_model.safetensors";
+
+// save_pretrained puts "default" in the directory and every other adapter in a subdirectory of its name.
+fs::path adapter_directory(const std::string& directory, const std::string& adapter_name) {
+  const fs::path dir(directory);
+  if (adapter_name != "default" && fs::exists(dir / adapter_name / kConfigFile)) return dir / adapter_name;
+  if (fs::exists(dir / kConfigFile)) return dir;
+  if (!fs::exists(dir)) throw FileFormatError("adapter directory '" + directory + "' does not exist");
+  throw FileFormatError("no " + std::string(kConfigFile) + " in '" + directory + "'" +
+                        (adapter_name == "default" ? std::string() : " or in its subdirectory '" + adapter_name + "'"));
+}
+
+// Moves or casts every tensor of the adapter (Python's _cast_adapter_dtype and device placement).
+void place_adapter(torch::nn::Module& model, const std::string& adapter, const LoadAdapterOptions& options) {
+  at::NoGradGuard no_grad;
+  for (const AdaptedLayer& layer : adapted_layers(model)) {
+    for (const AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, adapter)) {
+      const at::Tensor& tensor = t.get();
+      if (!tensor.is_floating_point() || tensor.device().is_meta()) continue;
+      c10::ScalarType dtype = tensor.scalar_type();
+      if (options.autocast_adapter_dtype && (dtype == at::kHalf || dtype == at::kBFloat16)) dtype = at::kFloat;
+      if (options.dtype) dtype = *options.dtype;
+      const c10::Device device = options.device ? *options.device : tensor.device();
+      if (dtype != tensor.scalar_type() || device != tensor.device()) {
+        replace_tensor(*t.owner, t.name, tensor.to(device, dtype), t.is_buffer);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+LoadResult load_adapter(torch::nn::Module& model, const std::string& directory, const std::string& adapter_name,
+                        const LoadAdapterOptions& options, const CallerProbes& probes) {
+  const fs::path dir = adapter_directory(directory, adapter_name);
+  if (!fs::exists(dir / kWeightsFile)) {
+    if (fs::exists(dir / "adapter_model.bin")) {
+      throw FileFormatError((dir / "adapter_model.bin").string() +
+                            " is a pickled PyTorch file, which peft-cpp does not read; save the adapter with "
+                            "safe_serialization=True (the default) or convert it to adapter_model.safetensors");
+    }
+    throw FileFormatError("no " + std::string(kWeightsFile) + " in '" + dir.string() + "'");
+  }
+  std::shared_ptr<PeftConfig> config = load_config((dir / kConfigFile).string());
+  ConfigFields::set_inference_mode(*config, !options.is_trainable);
+  const StateDict weights = safetensors::load_file((dir / kWeightsFile).string());
+
+  // Injection checks the weights' shapes and dtypes against the adapter before attaching anything, so the
+  // load below cannot fail on them.
+  inject_checked(*config, model, adapter_name, options.low_cpu_mem_usage, std::nullopt, probes, &weights);
+  try {
+    LoadResult result = set_peft_model_state_dict(model, weights, adapter_name, options.low_cpu_mem_usage);
+    place_adapter(model, adapter_name, options);
+    return result;
+  } catch (...) {
+    delete_adapter(model, adapter_name);  // back to the model as it was
+    throw;
+  }
+}
+
+}  // namespace detail
+
+void save_adapter(const torch::nn::Module& model, const std::string& directory, const std::string& adapter_name) {
+  std::shared_ptr<PeftConfig> config = detail::require_adapter(model, adapter_name)->clone();
+  detail::ConfigFields::set_inference_mode(*config, true);
+  const fs::path dir = adapter_name == "default" ? fs::path(directory) : fs::path(directory) / adapter_name;
+  if (fs::exists(dir) && !fs::is_directory(dir)) {
+    throw FileFormatError("Provided path (" + dir.string() + ") should be a directory, not a file");
+  }
+  StateDict prefixed;
+  for (const auto& item : get_peft_model_state_dict(model, adapter_name)) {
+    prefixed.insert("base_model.model." + item.key(), item.value());
+  }
+  // Everything is serialised before anything is written.
+  const std::string weights = safetensors::save_bytes(prefixed, {{"format", "pt"}});
+  const std::string config_text = config->to_json_string();
+  fs::create_directories(dir);
+  detail::write_file_atomically((dir / detail::kWeightsFile).string(), weights);
+  detail::write_file_atomically((dir / detail::kConfigFile).string(), config_text);
+}
+
+}  // namespace peft
