@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev      # adapter_config.json, safetensors headers
   libpcre2-dev            # Python-compatible regular expressions for target_modules
   libgtest-dev libgmock-dev
+  clang libclang-rt-14-dev  # sanitizer builds and libFuzzer
 )
 
 missing=()

@@ -171,6 +171,7 @@ TEST(ConfigFile, RejectsWhatCannotBeHonoured) {
       {R"({"peft_type": "PROMPT_TUNING"})", "prompt learning"},
       {R"({"peft_type": "NOT_A_METHOD"})", "not supported"},
       {R"({"peft_type": "LORA", )", "not valid JSON"},
+      {R"({"peft_type": "LORA", "r": 1E999})", "not valid JSON"},  // found by fuzz/config_fuzzer
       {R"([1, 2])", "JSON object"},
   };
   for (const auto& c : cases) {

@@ -20,7 +20,7 @@ namespace {
 using json = nlohmann::json;
 
 std::string describe(const json& value) {
-  std::string text = value.dump();
+  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
   if (text.size() > 80) text = text.substr(0, 77) + "...";
   return text;
 }
@@ -243,7 +243,7 @@ std::shared_ptr<PeftConfig> detail::parse_config(const std::string& json_text, c
   json object;
   try {
     object = json::parse(json_text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for numbers that do not fit
     throw FileFormatError(source + ": not valid JSON (" + e.what() + ")");
   }
   if (!object.is_object()) throw FileFormatError(source + ": expected a JSON object at the top level");

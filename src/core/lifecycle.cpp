@@ -23,12 +23,6 @@ namespace {
 
 using detail::AdaptedLayer;
 
-std::string quoted_list(const std::vector<std::string>& names) {
-  std::string out = "[";
-  for (size_t i = 0; i < names.size(); ++i) out += (i ? ", '" : "'") + names[i] + "'";
-  return out + "]";
-}
-
 std::string joined(const std::vector<std::string>& names, const char* separator) {
   std::string out;
   for (size_t i = 0; i < names.size(); ++i) out += (i ? separator : "") + names[i];

@@ -20,10 +20,10 @@ struct BuffersTag {
   friend type member_pointer(BuffersTag);
 };
 
-}  // namespace
-
 template struct MemberPointer<ChildrenTag, &torch::nn::Module::children_>;
 template struct MemberPointer<BuffersTag, &torch::nn::Module::buffers_>;
+
+}  // namespace
 
 ChildMap torch::nn::Module::*const kChildrenMember = member_pointer(ChildrenTag{});
 TensorMap torch::nn::Module::*const kBuffersMember = member_pointer(BuffersTag{});

@@ -86,7 +86,7 @@ uint64_t read_u64_le(const uint8_t* p) {
 
 uint64_t checked_u64(const ordered_json& v, const std::string& source, const std::string& what) {
   if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) {
-    bad(source, what + " must be a non-negative integer, got " + v.dump());
+    bad(source, what + " must be a non-negative integer, got " + v.dump(-1, ' ', false, ordered_json::error_handler_t::replace));
   }
   return v.get<uint64_t>();
 }
