@@ -20,6 +20,29 @@ struct ConfigFields;
 template <class T>
 using PatternMap = std::vector<std::pair<std::string, T>>;
 
+/// An `init_weights`-style field: true, false, or the name of an initialisation method ("gaussian", ...).
+class InitWeights {
+ public:
+  InitWeights(bool value = true) : is_bool_(true), bool_(value) {}  // NOLINT: implicit by design
+  InitWeights(const char* method) : is_bool_(false), method_(method) {}  // NOLINT
+  InitWeights(std::string method) : is_bool_(false), method_(std::move(method)) {}  // NOLINT
+
+  bool is_bool() const noexcept { return is_bool_; }
+  /// The boolean value; for a named method, true (Python treats a non-empty string as truthy).
+  bool enabled() const noexcept { return is_bool_ ? bool_ : true; }
+  /// The method name ("" for a boolean).
+  const std::string& method() const noexcept { return method_; }
+
+  bool operator==(const InitWeights& other) const {
+    return is_bool_ == other.is_bool_ && bool_ == other.bool_ && method_ == other.method_;
+  }
+
+ private:
+  bool is_bool_;
+  bool bool_ = true;
+  std::string method_;
+};
+
 /// Base of every adapter config. Holds the fields all injectable methods share (which modules to adapt,
 /// which to train and save whole, inference mode); each method adds its own in a subclass.
 class PeftConfig {

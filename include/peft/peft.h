@@ -11,4 +11,6 @@
 #include <peft/safetensors.h>
 #include <peft/state_dict.h>
 #include <peft/target_modules.h>
+#include <peft/tuners/loha/config.h>
+#include <peft/tuners/lokr/config.h>
 #include <peft/tuners/lora/config.h>

@@ -1,5 +1,6 @@
 #include "core/json_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -139,6 +140,14 @@ TargetModules JsonConfigReader::get_targets(const std::string& key) {
   return TargetModules(std::move(names));
 }
 
+InitWeights JsonConfigReader::get_init(const std::string& key, const InitWeights& fallback) {
+  const json* v = lookup(key);
+  if (!v) return fallback;
+  if (v->is_boolean()) return InitWeights(v->get<bool>());
+  if (v->is_string()) return InitWeights(v->get<std::string>());
+  fail(key, "must be true, false or a method name, got " + describe(*v));
+}
+
 PatternMap<int64_t> JsonConfigReader::get_int_map(const std::string& key) {
   const json* v = lookup(key);
   PatternMap<int64_t> out;
@@ -198,6 +207,13 @@ json targets_to_json(const TargetModules& targets) {
     }
   }
   return nullptr;
+}
+
+json init_to_json(const InitWeights& init) { return init.is_bool() ? json(init.enabled()) : json(init.method()); }
+
+json number_to_json(double value) {
+  if (std::isfinite(value) && value == std::floor(value) && std::fabs(value) < 1e15) return static_cast<int64_t>(value);
+  return value;
 }
 
 void ConfigFields::read_common(JsonConfigReader& reader, PeftConfig& config) {

@@ -49,6 +49,8 @@ class JsonConfigReader {
   std::optional<std::vector<std::string>> get_string_or_list(const std::string& key);
   /// null | int | list of ints.
   std::optional<std::vector<int64_t>> get_int_or_list(const std::string& key);
+  /// true | false | a method name.
+  InitWeights get_init(const std::string& key, const InitWeights& fallback);
   PatternMap<int64_t> get_int_map(const std::string& key);
   PatternMap<double> get_number_map(const std::string& key);
   /// The raw value (marks the key as read), or nullptr.
@@ -74,6 +76,15 @@ class JsonConfigReader {
 };
 
 nlohmann::json targets_to_json(const TargetModules& targets);
+nlohmann::json init_to_json(const InitWeights& init);
+/// An integral value as a JSON integer (Python writes ints for what it was given as ints).
+nlohmann::json number_to_json(double value);
+template <class T>
+nlohmann::json pattern_to_json(const PatternMap<T>& patterns) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [key, value] : patterns) out[key] = number_to_json(static_cast<double>(value));
+  return out;
+}
 
 /// Parses adapter_config.json text; `source` names it in messages.
 std::shared_ptr<PeftConfig> parse_config(const std::string& json_text, const std::string& source);

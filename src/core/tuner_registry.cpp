@@ -5,6 +5,12 @@ namespace peft::detail {
 namespace lora {
 const Tuner& lora_tuner();
 }  // namespace lora
+namespace loha {
+const Tuner& loha_tuner();
+}  // namespace loha
+namespace lokr {
+const Tuner& lokr_tuner();
+}  // namespace lokr
 
 namespace {
 
@@ -12,6 +18,8 @@ namespace {
 const std::vector<const Tuner*>& tuners() {
   static const std::vector<const Tuner*> all{
       &lora::lora_tuner(),
+      &loha::loha_tuner(),
+      &lokr::lokr_tuner(),
   };
   return all;
 }

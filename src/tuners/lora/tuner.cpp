@@ -15,6 +15,7 @@
 #include "core/matching.h"
 #include "core/tensor_slots.h"
 #include "core/tuner_registry.h"
+#include "tuners/common/pending_adapter.h"
 #include "tuners/lora/dora.h"
 #include "tuners/lora/init.h"
 #include "tuners/lora/layer.h"
@@ -23,24 +24,6 @@ namespace peft::detail::lora {
 namespace {
 
 using json = nlohmann::json;
-
-json number(double value) {
-  if (std::isfinite(value) && value == std::floor(value) && std::fabs(value) < 1e15) return static_cast<int64_t>(value);
-  return value;
-}
-
-template <class T>
-json pattern_to_json(const PatternMap<T>& patterns) {
-  json out = json::object();
-  for (const auto& [key, value] : patterns) out[key] = number(static_cast<double>(value));
-  return out;
-}
-
-at::TensorOptions adapter_options(const BaseLayer& base, bool meta) {
-  const at::Tensor weight = base.weight();
-  const c10::ScalarType dtype = weight.is_floating_point() ? weight.scalar_type() : at::kFloat;
-  return at::TensorOptions().dtype(dtype).device(meta ? at::Device(at::kMeta) : weight.device());
-}
 
 template <class T>
 struct TypeTag {
@@ -199,8 +182,8 @@ std::unique_ptr<PendingChange> LoraPlanner::prepare_layer(const LayerRequest& re
     adapter->dropout_module = std::make_shared<torch::nn::IdentityImpl>();
   }
 
-  const bool meta = request.low_cpu_mem_usage || is_meta(base.weight());
-  const at::TensorOptions options = adapter_options(base, meta);
+  const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
+  const bool meta = !materialised(options);
   at::Tensor A, B, B_bias;
   if (base.kind == LayerKind::Embedding) {
     adapter->embedding_A = at::empty({r, base.in_features}, options);
@@ -292,15 +275,7 @@ class LoraTuner final : public Tuner {
     config->fan_in_fan_out(in.get_bool("fan_in_fan_out", config->fan_in_fan_out()));
     config->bias(in.get_string("bias", config->bias()));
     config->use_rslora(in.get_bool("use_rslora", config->use_rslora()));
-    if (const json* init = in.raw("init_lora_weights")) {
-      if (init->is_boolean()) {
-        config->init_lora_weights(init->get<bool>());
-      } else if (init->is_string()) {
-        config->init_lora_weights(init->get<std::string>());
-      } else {
-        in.fail("init_lora_weights", "must be true, false or a method name, got " + init->dump());
-      }
-    }
+    config->init_lora_weights(in.get_init("init_lora_weights", config->init_lora_weights()));
     config->rank_pattern(in.get_int_map("rank_pattern"));
     config->alpha_pattern(in.get_number_map("alpha_pattern"));
     config->use_dora(in.get_bool("use_dora", false));
@@ -330,13 +305,12 @@ class LoraTuner final : public Tuner {
   void write_config(const PeftConfig& base_config, json& out) const override {
     const auto& c = static_cast<const LoraConfig&>(base_config);
     out["r"] = c.r();
-    out["lora_alpha"] = number(c.lora_alpha());
+    out["lora_alpha"] = number_to_json(c.lora_alpha());
     out["lora_dropout"] = c.lora_dropout();
     out["fan_in_fan_out"] = c.fan_in_fan_out();
     out["bias"] = c.bias();
     out["use_rslora"] = c.use_rslora();
-    out["init_lora_weights"] =
-        c.init_lora_weights().is_bool() ? json(c.init_lora_weights().enabled()) : json(c.init_lora_weights().method());
+    out["init_lora_weights"] = init_to_json(c.init_lora_weights());
     out["rank_pattern"] = pattern_to_json(c.rank_pattern());
     out["alpha_pattern"] = pattern_to_json(c.alpha_pattern());
     out["use_dora"] = c.use_dora();

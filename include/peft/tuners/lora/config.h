@@ -13,28 +13,8 @@ namespace peft {
 
 /// `init_lora_weights`: true (A kaiming-uniform, B zero: the adapter starts as a no-op), false (both keep
 /// LibTorch's default Linear init: a random adapter, useful in tests), or the name of an init method:
-/// "gaussian", "orthogonal", "pissa", "olora".
-class InitLoraWeights {
- public:
-  InitLoraWeights(bool value = true) : is_bool_(true), bool_(value) {}  // NOLINT: implicit by design
-  InitLoraWeights(const char* method) : is_bool_(false), method_(method) {}  // NOLINT
-  InitLoraWeights(std::string method) : is_bool_(false), method_(std::move(method)) {}  // NOLINT
-
-  bool is_bool() const noexcept { return is_bool_; }
-  /// The boolean value; for a named method, true (Python treats a non-empty string as truthy).
-  bool enabled() const noexcept { return is_bool_ ? bool_ : true; }
-  /// The method name ("" for a boolean).
-  const std::string& method() const noexcept { return method_; }
-
-  bool operator==(const InitLoraWeights& other) const {
-    return is_bool_ == other.is_bool_ && bool_ == other.bool_ && method_ == other.method_;
-  }
-
- private:
-  bool is_bool_;
-  bool bool_ = true;
-  std::string method_;
-};
+/// "gaussian", "orthogonal", "pissa", "olora", "eva", "lora_ga".
+using InitLoraWeights = InitWeights;
 
 /// LoRA (https://arxiv.org/abs/2106.09685): y = W x + (alpha / r) * B A dropout(x), with A: r x in and
 /// B: out x r. Fields and defaults follow Python PEFT's LoraConfig.

@@ -1,0 +1,208 @@
+#include "tuners/common/dict_adapter_layer.h"
+
+#include <atomic>
+
+#include <ATen/ops/isfinite.h>
+#include <c10/util/Exception.h>
+
+#include <peft/error.h>
+
+#include "core/tensor_slots.h"
+
+namespace peft::detail {
+
+DictAdapterLayer::DictAdapterLayer(const BaseLayer& base, const char* peft_type, std::vector<Container> containers)
+    : TunerLayer(base), peft_type_(peft_type), containers_(std::move(containers)), view_(std::make_shared<View>()) {}
+
+std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdapterLayer::make_containers(
+    const std::shared_ptr<DictAdapterLayer>& layer) {
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
+  for (size_t i = 0; i < layer->containers_.size(); ++i) {
+    const Container& c = layer->containers_[i];
+    std::shared_ptr<torch::nn::Module> dict;
+    if (i == 0) {
+      // The anchor owns the layer; the layer keeps raw pointers to its containers (they live as long as it).
+      if (c.holds_modules) {
+        auto anchor = std::make_shared<AnchoredModuleDictImpl>();
+        anchor->tuner = layer;
+        dict = anchor;
+      } else {
+        auto anchor = std::make_shared<AnchoredParameterDictImpl>();
+        anchor->tuner = layer;
+        dict = anchor;
+      }
+    } else if (c.holds_modules) {
+      dict = std::make_shared<torch::nn::ModuleDictImpl>();
+    } else {
+      dict = std::make_shared<ParameterDictImpl>();
+    }
+    layer->dicts_.push_back(dict.get());
+    out.emplace_back(c.name, dict);
+  }
+  return out;
+}
+
+std::vector<std::string> DictAdapterLayer::container_names() const {
+  std::vector<std::string> names;
+  for (const auto& c : containers_) names.push_back(c.name);
+  return names;
+}
+
+void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig> config) {
+  const std::string name = adapter.record->name;
+  for (auto& [index, tensor] : adapter.tensors) {
+    dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
+  }
+  for (auto& [index, module] : adapter.modules) {
+    dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[index]).update({{name, module}});
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    records_[name] = std::move(adapter.record);
+  }
+  add_adapter_record(name, std::move(config));
+}
+
+void DictAdapterLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
+  for (size_t i = 0; i < containers_.size(); ++i) {
+    if (containers_[i].holds_modules) {
+      erase_from(dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[i]), name);
+    } else {
+      auto& dict = dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[i]);
+      if (dict.contains(name)) dict.pop(name);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    records_.erase(name);
+  }
+  remove_adapter_record(name);
+}
+
+const at::Tensor& DictAdapterLayer::param(size_t index, const std::string& adapter) const {
+  if (containers_[index].holds_modules) {
+    const auto* module = children_of(*dicts_[index]).find(adapter);
+    TORCH_INTERNAL_ASSERT(module, "adapter '", adapter, "' has no module in ", containers_[index].name);
+    return *parameters_of(**module).find("weight");
+  }
+  const at::Tensor* tensor = parameters_of(*dicts_[index]).find(adapter);
+  TORCH_INTERNAL_ASSERT(tensor, "adapter '", adapter, "' has no tensor in ", containers_[index].name);
+  return *tensor;
+}
+
+bool DictAdapterLayer::has_param(size_t index, const std::string& adapter) const {
+  return containers_[index].holds_modules ? children_of(*dicts_[index]).contains(adapter)
+                                          : parameters_of(*dicts_[index]).contains(adapter);
+}
+
+std::shared_ptr<torch::nn::Module> DictAdapterLayer::module(size_t index, const std::string& adapter) const {
+  const auto* module = children_of(*dicts_[index]).find(adapter);
+  return module ? *module : nullptr;
+}
+
+void DictAdapterLayer::publish() {
+  auto view = std::make_shared<View>();
+  for (const std::string& name : active_) {
+    auto it = records_.find(name);
+    if (it != records_.end()) view->active.push_back(it->second);
+  }
+  view->bypass = view->active.empty() || disabled_ || !merged_.empty();
+  std::atomic_store(&view_, std::shared_ptr<const View>(std::move(view)));
+}
+
+at::Tensor DictAdapterLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
+  const std::shared_ptr<const View> view = std::atomic_load(&view_);
+  if (view->bypass) return base_forward(input);
+  if (sample_routing()) {
+    throw ConfigError(std::string("Per-sample adapters (AdapterNamesPerSample) are supported for LoRA only, not ") +
+                      peft_type_ + ".");
+  }
+  return forward_active(base, input, view->active, base_forward);
+}
+
+at::Tensor DictAdapterLayer::delta_weight(const AdapterRecord&) const {
+  throw MergeError(std::string(peft_type_) + " adapters cannot be merged into the base weights.");
+}
+
+std::pair<at::Tensor, at::Tensor> DictAdapterLayer::merge_step(const at::Tensor& weight, const at::Tensor& bias,
+                                                               const AdapterRecord& record) const {
+  return {weight + delta_weight(record).to(weight.scalar_type()), bias};
+}
+
+std::pair<at::Tensor, at::Tensor> DictAdapterLayer::unmerge_step(const at::Tensor& weight, const at::Tensor& bias,
+                                                                 const AdapterRecord& record) const {
+  return {weight - delta_weight(record).to(weight.scalar_type()), bias};
+}
+
+class PendingDictMerge final : public PendingChange {
+ public:
+  DictAdapterLayer* layer = nullptr;
+  std::vector<std::string> names;
+  at::Tensor weight, bias;
+
+  void commit() override {
+    at::NoGradGuard no_grad;
+    const BaseLayer& base = layer->base_layer();
+    base.weight().set_data(weight);
+    if (bias.defined()) base.bias().set_data(bias);
+    std::lock_guard<std::mutex> lock(layer->mutex_);
+    for (const auto& name : names) layer->merged_.push_back(name);
+    layer->publish();
+  }
+};
+
+std::unique_ptr<PendingChange> DictAdapterLayer::prepare_merge(torch::nn::Module&, const std::vector<std::string>& names,
+                                                               bool safe_merge) {
+  std::vector<std::shared_ptr<const AdapterRecord>> records;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const std::string& name : names) {
+      auto it = records_.find(name);
+      if (it == records_.end() || std::find(merged_.begin(), merged_.end(), name) != merged_.end()) continue;
+      records.push_back(it->second);
+    }
+  }
+  if (records.empty()) return nullptr;
+  const BaseLayer& base = base_layer();
+  if (base.weight().device().is_meta()) throw MergeError("Cannot merge into a layer whose weight is on the meta device.");
+  // New weights are computed aside and written in commit, so a failure anywhere changes nothing.
+  at::NoGradGuard no_grad;
+  auto pending = std::make_unique<PendingDictMerge>();
+  pending->layer = this;
+  at::Tensor weight = base.weight().detach(), bias = base.bias();
+  if (bias.defined()) bias = bias.detach();
+  for (const auto& record : records) {
+    std::tie(weight, bias) = merge_step(weight, bias, *record);
+    if (safe_merge) {
+      const bool finite = at::isfinite(weight).all().item<bool>() &&
+                          (!merge_touches_bias() || !bias.defined() || at::isfinite(bias).all().item<bool>());
+      if (!finite) {
+        throw MergeError("NaNs detected in the merged weights. The adapter " + record->name + " seems to be broken");
+      }
+    }
+    pending->names.push_back(record->name);
+  }
+  pending->weight = weight.contiguous();
+  if (merge_touches_bias() && bias.defined()) pending->bias = bias.contiguous();
+  return pending;
+}
+
+void DictAdapterLayer::unmerge(torch::nn::Module&) {
+  at::NoGradGuard no_grad;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (merged_.empty()) return;
+  const BaseLayer& base = base_layer();
+  at::Tensor weight = base.weight().detach(), bias = base.bias();
+  if (bias.defined()) bias = bias.detach();
+  while (!merged_.empty()) {
+    const std::string name = merged_.back();
+    merged_.pop_back();
+    auto it = records_.find(name);
+    if (it != records_.end()) std::tie(weight, bias) = unmerge_step(weight, bias, *it->second);
+  }
+  base.weight().set_data(weight.contiguous());
+  if (merge_touches_bias() && bias.defined()) base.bias().set_data(bias.contiguous());
+  publish();
+}
+
+}  // namespace peft::detail

@@ -1,0 +1,96 @@
+#pragma once
+
+// The shared layer for methods whose adapters are tensors in ParameterDicts (or small modules in
+// ModuleDicts) named as in Python PEFT: LoHa's hada_w1_a..., LoKr's lokr_w1..., IA3's ia3_l, OFT's oft_R,
+// BOFT, HRA, FourierFT, C3A, MiSS. It owns the containers, the per-adapter records, the snapshot forward
+// reads, adding/removing adapters and the generic merge (compute every new weight, check, then write).
+// A method supplies what differs: its forward with the active adapters and its merge step.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tuner_layer.h"
+
+namespace peft::detail {
+
+/// What a method keeps per adapter besides its tensors (rank, scaling, flags). Immutable once published.
+struct AdapterRecord {
+  explicit AdapterRecord(std::string adapter_name) : name(std::move(adapter_name)) {}
+  virtual ~AdapterRecord() = default;
+  std::string name;
+};
+
+class DictAdapterLayer : public TunerLayer {
+ public:
+  struct Container {
+    std::string name;
+    bool holds_modules = false;  // ModuleDict (one module per adapter) instead of ParameterDict
+  };
+
+  /// An adapter prepared for commit: its record, and its tensors / modules by container index.
+  struct NewAdapter {
+    std::shared_ptr<const AdapterRecord> record;
+    std::vector<std::pair<size_t, at::Tensor>> tensors;
+    std::vector<std::pair<size_t, std::shared_ptr<torch::nn::Module>>> modules;
+  };
+
+  DictAdapterLayer(const BaseLayer& base, const char* peft_type, std::vector<Container> containers);
+
+  /// Makes the containers of a new layer (the first is the anchor owning `layer`).
+  static std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> make_containers(
+      const std::shared_ptr<DictAdapterLayer>& layer);
+
+  const char* peft_type() const override { return peft_type_; }
+  std::vector<std::string> container_names() const override;
+
+  at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) final;
+
+  void add(NewAdapter adapter, std::shared_ptr<const PeftConfig> config);
+  void remove_adapter(torch::nn::Module& base, const std::string& name) override;
+
+  std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
+                                               bool safe_merge) override;
+  void unmerge(torch::nn::Module& base) override;
+
+  /// The tensor an adapter keeps in container `index` (for a ModuleDict: that module's "weight").
+  const at::Tensor& param(size_t index, const std::string& adapter) const;
+  bool has_param(size_t index, const std::string& adapter) const;
+  std::shared_ptr<torch::nn::Module> module(size_t index, const std::string& adapter) const;
+
+ protected:
+  /// The layer output with these adapters active (not disabled, not merged).
+  virtual at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
+                                    const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+                                    BaseForward base_forward) = 0;
+  /// One adapter merged into (weight, bias); returns the new pair (bias may stay undefined). The default adds
+  /// delta_weight() to the weight. Throws MergeError when the adapter cannot be merged.
+  virtual std::pair<at::Tensor, at::Tensor> merge_step(const at::Tensor& weight, const at::Tensor& bias,
+                                                       const AdapterRecord& record) const;
+  /// The inverse of merge_step.
+  virtual std::pair<at::Tensor, at::Tensor> unmerge_step(const at::Tensor& weight, const at::Tensor& bias,
+                                                         const AdapterRecord& record) const;
+  /// The additive update of the base weight, laid out like it (for methods that merge additively).
+  virtual at::Tensor delta_weight(const AdapterRecord& record) const;
+  /// Whether merging changes the bias too (then safe merges check it as well).
+  virtual bool merge_touches_bias() const { return false; }
+
+  void publish() override;
+
+ private:
+  struct View {
+    std::vector<std::shared_ptr<const AdapterRecord>> active;
+    bool bypass = true;
+  };
+
+  const char* peft_type_;
+  std::vector<Container> containers_;
+  std::vector<torch::nn::Module*> dicts_;  // owned by the base layer (the first is the anchor, which owns this)
+  std::map<std::string, std::shared_ptr<const AdapterRecord>> records_;
+  std::shared_ptr<const View> view_;
+
+  friend class PendingDictMerge;
+};
+
+}  // namespace peft::detail

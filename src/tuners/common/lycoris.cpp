@@ -1,0 +1,54 @@
+#include "tuners/common/lycoris.h"
+
+#include <cmath>
+
+#include <ATen/ops/linear.h>
+#include <ATen/ops/rand.h>
+#include <torch/nn/init.h>
+
+#include <peft/error.h>
+
+#include "tuners/common/conv_functional.h"
+
+namespace peft::detail {
+
+void kaiming_default(const at::Tensor& tensor) { torch::nn::init::kaiming_uniform_(tensor, std::sqrt(5.0)); }
+
+at::Tensor LycorisLayer::forward_active(torch::nn::Module& base, const at::Tensor& x,
+                                        const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+                                        BaseForward base_forward) {
+  const c10::ScalarType previous_dtype = x.scalar_type();
+  at::Tensor result = base_forward(x);
+  const bool training = base.is_training();
+  for (const auto& r : active) {
+    const auto& record = static_cast<const LycorisRecord&>(*r);
+    // Module dropout skips the whole adapter in a training step.
+    if (training && record.module_dropout > 0 && at::rand({1}).item<double>() <= record.module_dropout) continue;
+    at::Tensor delta = delta_weight(record);
+    if (training && record.rank_dropout > 0) {
+      std::vector<int64_t> shape(delta.dim(), 1);
+      shape[0] = -1;
+      at::Tensor keep = (at::rand({delta.size(0)}) > record.rank_dropout).to(delta.scalar_type());
+      if (record.rank_dropout_scale) keep = keep / keep.mean();
+      delta = delta * keep.view(shape).to(delta.device());
+    }
+    const at::Tensor input = x.scalar_type() == delta.scalar_type() ? x : x.to(delta.scalar_type());
+    result = result + (base_layer().is_conv() ? conv_like(base, kind(), input, delta) : at::linear(input, delta));
+  }
+  return result.scalar_type() == previous_dtype ? result : result.to(previous_dtype);
+}
+
+void validate_lycoris(int64_t r, double rank_dropout, double module_dropout,
+                      const PatternMap<int64_t>& rank_pattern) {
+  if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
+  for (const auto& [key, rank] : rank_pattern) {
+    if (rank <= 0) {
+      throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(rank) +
+                        " (rank_pattern['" + key + "'])");
+    }
+  }
+  if (!(rank_dropout >= 0 && rank_dropout <= 1)) throw ConfigError("`rank_dropout` must be in [0, 1]");
+  if (!(module_dropout >= 0 && module_dropout <= 1)) throw ConfigError("`module_dropout` must be in [0, 1]");
+}
+
+}  // namespace peft::detail

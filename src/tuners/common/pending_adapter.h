@@ -1,0 +1,30 @@
+#pragma once
+
+// Preparing and committing one adapter on one layer, for the methods built on DictAdapterLayer.
+
+#include <functional>
+#include <memory>
+
+#include "core/tuner_registry.h"
+#include "tuners/common/dict_adapter_layer.h"
+
+namespace peft::detail {
+
+/// Device and dtype for a new adapter's tensors: the layer's (float32 for a non-float layer), or the meta
+/// device with `low_cpu_mem_usage` or when the layer itself lives there.
+at::TensorOptions adapter_options(const BaseLayer& base, bool low_cpu_mem_usage);
+
+/// Whether tensors made with these options hold values (so initialising them means something).
+inline bool materialised(const at::TensorOptions& options) { return !options.device().is_meta(); }
+
+/// The change that adds `adapter` to `request`'s layer: into the layer's existing DictAdapterLayer of this
+/// method, or into a new one made by `make_layer` (whose containers are then attached).
+std::unique_ptr<PendingChange> prepare_dict_adapter(const LayerRequest& request, const char* peft_type,
+                                                    const std::vector<DictAdapterLayer::Container>& containers,
+                                                    std::function<std::shared_ptr<DictAdapterLayer>()> make_layer,
+                                                    DictAdapterLayer::NewAdapter adapter);
+
+/// The "Target module ... is not supported" error of a method, naming what it supports.
+[[noreturn]] void unsupported_layer(const char* method, const torch::nn::Module& module, const char* supported);
+
+}  // namespace peft::detail

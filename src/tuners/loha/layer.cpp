@@ -1,0 +1,140 @@
+// LoHa (Python PEFT's tuners/loha): dW = (W1a W1b) * (W2a W2b) * alpha / r, with an optional CP-decomposed
+// kernel for convolutions ("effective conv2d").
+
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/zeros.h>
+
+#include <peft/error.h>
+#include <peft/tuners/loha/config.h>
+
+#include "tuners/common/conv_functional.h"
+#include "tuners/common/lycoris.h"
+#include "tuners/common/pending_adapter.h"
+
+
+namespace peft::detail::loha {
+namespace {
+
+enum Slot : size_t { W1A, W1B, W2A, W2B, T1, T2 };
+
+const std::vector<DictAdapterLayer::Container>& containers() {
+  static const std::vector<DictAdapterLayer::Container> c{{"hada_w1_a"}, {"hada_w1_b"}, {"hada_w2_a"},
+                                                          {"hada_w2_b"}, {"hada_t1"},   {"hada_t2"}};
+  return c;
+}
+
+struct Record : LycorisRecord {
+  using LycorisRecord::LycorisRecord;
+  bool cp = false;  // the kernel is CP-decomposed (hada_t1 / hada_t2)
+};
+
+class LoHaLayer final : public LycorisLayer {
+ public:
+  explicit LoHaLayer(const BaseLayer& base) : LycorisLayer(base, "LOHA", containers()) {}
+
+ protected:
+  at::Tensor delta_weight(const AdapterRecord& r) const override {
+    const auto& record = static_cast<const Record&>(r);
+    const std::string& n = record.name;
+    at::Tensor weight;
+    if (record.cp) {
+      // rebuild_i = einsum("i j k l, j r, i p -> p r k l", t_i, w_i_b, w_i_a)
+      const at::Tensor first = at::einsum("ijkl,jr,ip->prkl", {param(T1, n), param(W1B, n), param(W1A, n)});
+      const at::Tensor second = at::einsum("ijkl,jr,ip->prkl", {param(T2, n), param(W2B, n), param(W2A, n)});
+      weight = first * second * record.scaling;
+    } else {
+      weight = at::matmul(param(W1A, n), param(W1B, n)) * at::matmul(param(W2A, n), param(W2B, n)) * record.scaling;
+    }
+    return weight.reshape(base_layer().weight().sizes());
+  }
+};
+
+class LoHaPlanner final : public LayerPlanner {
+ public:
+  explicit LoHaPlanner(const LoHaConfig& config) : config_(config), ranks_(config.rank_pattern(), config.alpha_pattern()) {}
+
+  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+    const BaseLayer& base = request.base;
+    if (!(base.kind == LayerKind::Linear || base.kind == LayerKind::Conv1d || base.kind == LayerKind::Conv2d)) {
+      unsupported_layer("LoHa", *base.module, "`torch::nn::Linear`, `torch::nn::Conv1d`, `torch::nn::Conv2d`");
+    }
+    const int64_t r = ranks_.ranks_.lookup(request.module_name, config_.r());
+    const double alpha = ranks_.alphas_.lookup(request.module_name, config_.alpha());
+    if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
+    auto record = std::make_shared<Record>(request.adapter_name);
+    record->r = r;
+    record->alpha = alpha;
+    record->scaling = alpha / static_cast<double>(r);
+    record->rank_dropout = config_.rank_dropout();
+    record->module_dropout = config_.module_dropout();
+    record->rank_dropout_scale = true;  // LoHa always rescales the kept rows
+
+    const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
+    DictAdapterLayer::NewAdapter adapter;
+    auto add = [&](Slot slot, std::vector<int64_t> shape) { adapter.tensors.emplace_back(slot, at::empty(shape, options)); };
+    const int64_t out = base.out_features;
+    if (base.is_conv()) {
+      const ConvGeometry g = conv_geometry(*base.module, base.kind);
+      const int64_t in = g.in_channels / g.groups;
+      int64_t kernel = 1;
+      for (int64_t k : g.kernel) kernel *= k;
+      record->cp = config_.use_effective_conv2d() && kernel != 1;
+      if (record->cp) {
+        const int64_t k1 = g.kernel[0], k2 = g.kernel.size() > 1 ? g.kernel[1] : 1;
+        add(W1A, {r, out}), add(W1B, {r, in}), add(W2A, {r, out}), add(W2B, {r, in});
+        add(T1, {r, r, k1, k2}), add(T2, {r, r, k1, k2});
+      } else {
+        add(W1A, {out, r}), add(W1B, {r, in * kernel}), add(W2A, {out, r}), add(W2B, {r, in * kernel});
+      }
+    } else {
+      add(W1A, {out, r}), add(W1B, {r, base.in_features}), add(W2A, {out, r}), add(W2B, {r, base.in_features});
+    }
+    if (materialised(options)) {
+      at::NoGradGuard no_grad;
+      for (auto& [slot, tensor] : adapter.tensors) kaiming_default(tensor);
+      // init_weights: W2b starts at zero, so the adapter starts as a no-op.
+      if (config_.init_weights()) adapter.tensors[W2B].second.zero_();
+    }
+    adapter.record = record;
+    return prepare_dict_adapter(request, "LOHA", containers(), [base] { return std::make_shared<LoHaLayer>(base); },
+                                std::move(adapter));
+  }
+
+ private:
+  const LoHaConfig& config_;
+  LycorisRanks ranks_;
+};
+
+class LoHaTuner final : public Tuner {
+ public:
+  const char* peft_type() const override { return "LOHA"; }
+  const char* prefix() const override { return "hada_"; }
+
+  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
+    auto config = std::make_shared<LoHaConfig>();
+    read_lycoris_fields(in, *config);
+    config->init_weights(in.get_bool("init_weights", config->init_weights()));
+    return config;
+  }
+
+  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
+    const auto& c = static_cast<const LoHaConfig&>(base);
+    write_lycoris_fields(c, out);
+    out["init_weights"] = c.init_weights();
+  }
+
+  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
+    return std::make_unique<LoHaPlanner>(static_cast<const LoHaConfig&>(config));
+  }
+};
+
+}  // namespace
+
+const Tuner& loha_tuner() {
+  static const LoHaTuner tuner;
+  return tuner;
+}
+
+}  // namespace peft::detail::loha

@@ -1,0 +1,181 @@
+// LoKr (Python PEFT's tuners/lokr): dW = kron(W1, W2) * alpha / r, where W1 (a x c) and W2 (b x d) factor
+// the weight's (out x in) shape, each either full or a low-rank product (W2 with an optional CP core for
+// convolutions).
+
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/kron.h>
+#include <ATen/ops/matmul.h>
+
+#include <peft/error.h>
+#include <peft/tuners/lokr/config.h>
+
+#include "tuners/common/conv_functional.h"
+#include "tuners/common/lycoris.h"
+#include "tuners/common/pending_adapter.h"
+
+namespace peft::detail::lokr {
+namespace {
+
+enum Slot : size_t { W1, W1A, W1B, W2, W2A, W2B, T2 };
+
+const std::vector<DictAdapterLayer::Container>& containers() {
+  static const std::vector<DictAdapterLayer::Container> c{{"lokr_w1"}, {"lokr_w1_a"}, {"lokr_w1_b"}, {"lokr_w2"},
+                                                          {"lokr_w2_a"}, {"lokr_w2_b"}, {"lokr_t2"}};
+  return c;
+}
+
+// Python's factorization(): m * n = dimension with m <= n, m close to `factor` (or to the square root).
+std::pair<int64_t, int64_t> factorization(int64_t dimension, int64_t factor) {
+  if (factor > 0 && dimension % factor == 0) return {factor, dimension / factor};
+  if (factor == -1) factor = dimension;
+  int64_t m = 1, n = dimension;
+  const int64_t length = m + n;
+  while (m < n) {
+    int64_t new_m = m + 1;
+    while (dimension % new_m != 0) ++new_m;
+    const int64_t new_n = dimension / new_m;
+    if (new_m + new_n > length || new_m > factor) break;
+    m = new_m, n = new_n;
+  }
+  if (m > n) std::swap(m, n);
+  return {m, n};
+}
+
+struct Record : LycorisRecord {
+  using LycorisRecord::LycorisRecord;
+  bool full_w1 = true, full_w2 = true, cp = false;
+};
+
+class LoKrLayer final : public LycorisLayer {
+ public:
+  explicit LoKrLayer(const BaseLayer& base) : LycorisLayer(base, "LOKR", containers()) {}
+
+ protected:
+  at::Tensor delta_weight(const AdapterRecord& r) const override {
+    const auto& record = static_cast<const Record&>(r);
+    const std::string& n = record.name;
+    at::Tensor w1 = record.full_w1 ? param(W1, n) : at::matmul(param(W1A, n), param(W1B, n));
+    at::Tensor w2;
+    if (record.full_w2) {
+      w2 = param(W2, n);
+    } else if (record.cp) {
+      w2 = at::einsum("ijkl,ip,jr->prkl", {param(T2, n), param(W2A, n), param(W2B, n)});
+    } else {
+      w2 = at::matmul(param(W2A, n), param(W2B, n));
+    }
+    if (w2.dim() == 4) w1 = w1.unsqueeze(2).unsqueeze(2);
+    const at::Tensor weight = at::kron(w1, w2.contiguous()) * record.scaling;
+    return weight.reshape(base_layer().weight().sizes());
+  }
+};
+
+class LoKrPlanner final : public LayerPlanner {
+ public:
+  explicit LoKrPlanner(const LoKrConfig& config) : config_(config), ranks_(config.rank_pattern(), config.alpha_pattern()) {}
+
+  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+    const BaseLayer& base = request.base;
+    if (!(base.kind == LayerKind::Linear || base.kind == LayerKind::Conv1d || base.kind == LayerKind::Conv2d)) {
+      unsupported_layer("LoKr", *base.module, "`torch::nn::Linear`, `torch::nn::Conv1d`, `torch::nn::Conv2d`");
+    }
+    const int64_t r = ranks_.ranks_.lookup(request.module_name, config_.r());
+    const double alpha = ranks_.alphas_.lookup(request.module_name, config_.alpha());
+    if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
+    auto record = std::make_shared<Record>(request.adapter_name);
+    record->r = r;
+    record->alpha = alpha;
+    record->scaling = alpha / static_cast<double>(r);
+    record->rank_dropout = config_.rank_dropout();
+    record->module_dropout = config_.module_dropout();
+    record->rank_dropout_scale = config_.rank_dropout_scale();
+
+    // shape = ((a, b), (c, d), *kernel): out = a * b, in = c * d.
+    int64_t in = base.in_features;
+    std::vector<int64_t> kernel;
+    if (base.is_conv()) {
+      const ConvGeometry g = conv_geometry(*base.module, base.kind);
+      in = g.in_channels / g.groups;
+      kernel = g.kernel;
+    }
+    const auto [in_m, in_n] = factorization(in, config_.decompose_factor());
+    const auto [out_l, out_k] = factorization(base.out_features, config_.decompose_factor());
+    record->full_w1 = !(config_.decompose_both() && 2 * r < std::max(out_l, in_m));
+    record->full_w2 = !(2 * r < std::max(out_k, in_n));
+    int64_t kernel_size = 1;
+    for (int64_t k : kernel) kernel_size *= k;
+    record->cp = base.is_conv() && !record->full_w2 && config_.use_effective_conv2d() && kernel_size != 1;
+
+    const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
+    DictAdapterLayer::NewAdapter adapter;
+    auto add = [&](Slot slot, std::vector<int64_t> shape) { adapter.tensors.emplace_back(slot, at::empty(shape, options)); };
+    if (record->full_w1) {
+      add(W1, {out_l, in_m});
+    } else {
+      add(W1A, {out_l, r}), add(W1B, {r, in_m});
+    }
+    if (record->full_w2) {
+      std::vector<int64_t> shape{out_k, in_n};
+      shape.insert(shape.end(), kernel.begin(), kernel.end());
+      add(W2, shape);
+    } else if (record->cp) {
+      add(W2A, {r, out_k}), add(W2B, {r, in_n}), add(T2, {r, r, kernel[0], kernel.size() > 1 ? kernel[1] : 1});
+    } else {
+      add(W2A, {out_k, r}), add(W2B, {r, in_n * kernel_size});
+    }
+    if (materialised(options)) {
+      at::NoGradGuard no_grad;
+      for (auto& [slot, tensor] : adapter.tensors) kaiming_default(tensor);
+      const InitWeights& init = config_.init_weights();
+      for (auto& [slot, tensor] : adapter.tensors) {
+        if (init.is_bool() && init.enabled() && (slot == W1 || slot == W1A)) tensor.zero_();  // W1 = 0: no-op start
+        if (!init.is_bool() && (slot == W2 || slot == W2B)) tensor.zero_();                  // "lycoris": W2 = 0
+      }
+    }
+    adapter.record = record;
+    return prepare_dict_adapter(request, "LOKR", containers(), [base] { return std::make_shared<LoKrLayer>(base); },
+                                std::move(adapter));
+  }
+
+ private:
+  const LoKrConfig& config_;
+  LycorisRanks ranks_;
+};
+
+class LoKrTuner final : public Tuner {
+ public:
+  const char* peft_type() const override { return "LOKR"; }
+  const char* prefix() const override { return "lokr_"; }
+
+  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
+    auto config = std::make_shared<LoKrConfig>();
+    read_lycoris_fields(in, *config);
+    config->decompose_both(in.get_bool("decompose_both", false));
+    config->decompose_factor(in.get_int("decompose_factor", -1));
+    config->rank_dropout_scale(in.get_bool("rank_dropout_scale", false));
+    config->init_weights(in.get_init("init_weights", true));
+    return config;
+  }
+
+  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
+    const auto& c = static_cast<const LoKrConfig&>(base);
+    write_lycoris_fields(c, out);
+    out["decompose_both"] = c.decompose_both();
+    out["decompose_factor"] = c.decompose_factor();
+    out["rank_dropout_scale"] = c.rank_dropout_scale();
+    out["init_weights"] = init_to_json(c.init_weights());
+  }
+
+  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
+    return std::make_unique<LoKrPlanner>(static_cast<const LoKrConfig&>(config));
+  }
+};
+
+}  // namespace
+
+const Tuner& lokr_tuner() {
+  static const LoKrTuner tuner;
+  return tuner;
+}
+
+}  // namespace peft::detail::lokr
