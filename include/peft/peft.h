@@ -11,6 +11,16 @@
 #include <peft/safetensors.h>
 #include <peft/state_dict.h>
 #include <peft/target_modules.h>
+#include <peft/tuners/adalora/config.h>
+#include <peft/tuners/adalora/rank_allocator.h>
+#include <peft/tuners/boft/config.h>
+#include <peft/tuners/c3a/config.h>
+#include <peft/tuners/fourierft/config.h>
+#include <peft/tuners/hra/config.h>
+#include <peft/tuners/ia3/config.h>
+#include <peft/tuners/ln_tuning/config.h>
 #include <peft/tuners/loha/config.h>
 #include <peft/tuners/lokr/config.h>
 #include <peft/tuners/lora/config.h>
+#include <peft/tuners/miss/config.h>
+#include <peft/tuners/oft/config.h>

@@ -17,6 +17,7 @@
 #include "core/model_adapters.h"
 #include "core/module_walk.h"
 #include "core/tensor_slots.h"
+#include "core/tuner_registry.h"
 
 namespace peft {
 namespace {
@@ -112,6 +113,7 @@ StateDict get_peft_model_state_dict(const torch::nn::Module& model, const std::s
       if (!out.contains(key)) out.insert(key, *b);
     });
   }
+  if (const detail::Tuner* tuner = detail::find_tuner_for(config->peft_type())) tuner->adjust_checkpoint(*config, out);
   // Python adds the modules_to_save copies last, over any bias of the same name.
   for (const auto& [key, slot] : adapter_slots(layers, adapter_name, /*copies=*/true)) {
     if (out.contains(key)) {

@@ -59,6 +59,13 @@ void TunerLayer::add_adapter_record(const std::string& name, std::shared_ptr<con
   publish();
 }
 
+void TunerLayer::replace_config(const std::string& adapter, std::shared_ptr<const PeftConfig> config) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& entry : adapters_) {
+    if (entry.first == adapter) entry.second = config;
+  }
+}
+
 void TunerLayer::remove_adapter_record(const std::string& name) {
   std::lock_guard<std::mutex> lock(mutex_);
   adapters_.erase(std::remove_if(adapters_.begin(), adapters_.end(), [&](const auto& e) { return e.first == name; }),
@@ -107,7 +114,7 @@ std::vector<AdapterTensor> TunerLayer::adapter_tensors(const torch::nn::Module& 
                                                        const std::string& adapter) const {
   std::vector<AdapterTensor> out;
   const ChildMap& children = children_of(base);
-  for (const std::string& container_name : container_names()) {
+  for (const std::string& container_name : checkpoint_container_names()) {
     const auto* container = children.find(container_name);
     if (!container) continue;
     torch::nn::Module& dict = **container;

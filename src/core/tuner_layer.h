@@ -70,6 +70,10 @@ class TunerLayer {
 
   /// The containers this tuner registers on the base layer, in registration order.
   virtual std::vector<std::string> container_names() const = 0;
+  /// Those whose tensors are adapter weights (trained and saved); the default is all of them.
+  virtual std::vector<std::string> checkpoint_container_names() const { return container_names(); }
+  /// Replaces the config recorded for `adapter` (for settings that change during training).
+  void replace_config(const std::string& adapter, std::shared_ptr<const PeftConfig> config);
 
   /// Adapter names in the order they were added.
   std::vector<std::string> adapter_names() const;

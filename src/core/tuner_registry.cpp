@@ -2,15 +2,19 @@
 
 namespace peft::detail {
 
-namespace lora {
-const Tuner& lora_tuner();
-}  // namespace lora
-namespace loha {
-const Tuner& loha_tuner();
-}  // namespace loha
-namespace lokr {
-const Tuner& lokr_tuner();
-}  // namespace lokr
+// Each method's tuner, defined in src/tuners/<method>/.
+namespace lora { const Tuner& lora_tuner(); }
+namespace loha { const Tuner& loha_tuner(); }
+namespace lokr { const Tuner& lokr_tuner(); }
+namespace ia3 { const Tuner& ia3_tuner(); }
+namespace adalora { const Tuner& adalora_tuner(); }
+namespace oft { const Tuner& oft_tuner(); }
+namespace boft { const Tuner& boft_tuner(); }
+namespace hra { const Tuner& hra_tuner(); }
+namespace fourierft { const Tuner& fourierft_tuner(); }
+namespace c3a { const Tuner& c3a_tuner(); }
+namespace miss { const Tuner& miss_tuner(); }
+namespace ln_tuning { const Tuner& ln_tuning_tuner(); }
 
 namespace {
 
@@ -20,6 +24,15 @@ const std::vector<const Tuner*>& tuners() {
       &lora::lora_tuner(),
       &loha::loha_tuner(),
       &lokr::lokr_tuner(),
+      &ia3::ia3_tuner(),
+      &adalora::adalora_tuner(),
+      &oft::oft_tuner(),
+      &boft::boft_tuner(),
+      &hra::hra_tuner(),
+      &fourierft::fourierft_tuner(),
+      &c3a::c3a_tuner(),
+      &miss::miss_tuner(),
+      &ln_tuning::ln_tuning_tuner(),
   };
   return all;
 }

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <peft/config.h>
+#include <peft/state_dict.h>
 
 #include "core/base_layer.h"
 #include "core/tuner_layer.h"
@@ -53,6 +54,9 @@ class Tuner {
   /// The error for a selected module the method cannot adapt (Python PEFT's "Target module ... is not
   /// supported" text for LoRA).
   virtual std::string unsupported_layer_message(const torch::nn::Module& module) const;
+
+  /// Final touches to an adapter's checkpoint state dict (AdaLoRA keeps only the allocated ranks).
+  virtual void adjust_checkpoint(const PeftConfig& config, StateDict& state_dict) const {}
 
   /// Starts one injection. `config` is the injection's own copy (targets expanded), which the planner may
   /// adjust as Python PEFT adjusts its config (e.g. fan_in_fan_out for the layer type found).

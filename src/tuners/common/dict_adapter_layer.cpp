@@ -48,6 +48,14 @@ std::vector<std::string> DictAdapterLayer::container_names() const {
   return names;
 }
 
+std::vector<std::string> DictAdapterLayer::checkpoint_container_names() const {
+  std::vector<std::string> names;
+  for (const auto& c : containers_) {
+    if (c.in_checkpoint) names.push_back(c.name);
+  }
+  return names;
+}
+
 void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig> config) {
   const std::string name = adapter.record->name;
   for (auto& [index, tensor] : adapter.tensors) {

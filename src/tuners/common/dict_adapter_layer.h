@@ -27,6 +27,7 @@ class DictAdapterLayer : public TunerLayer {
   struct Container {
     std::string name;
     bool holds_modules = false;  // ModuleDict (one module per adapter) instead of ParameterDict
+    bool in_checkpoint = true;   // false: bookkeeping the checkpoint leaves out (AdaLoRA's ranknum)
   };
 
   /// An adapter prepared for commit: its record, and its tensors / modules by container index.
@@ -44,6 +45,7 @@ class DictAdapterLayer : public TunerLayer {
 
   const char* peft_type() const override { return peft_type_; }
   std::vector<std::string> container_names() const override;
+  std::vector<std::string> checkpoint_container_names() const override;
 
   at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) final;
 

@@ -16,7 +16,9 @@ class PendingDictAdapter final : public PendingChange {
 
   std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const override {
     std::vector<std::pair<std::string, std::vector<int64_t>>> out;
-    for (const auto& [index, tensor] : adapter.tensors) out.emplace_back(containers[index].name, tensor.sizes().vec());
+    for (const auto& [index, tensor] : adapter.tensors) {
+      if (containers[index].in_checkpoint) out.emplace_back(containers[index].name, tensor.sizes().vec());
+    }
     for (const auto& [index, module] : adapter.modules) {
       for (const auto& param : module->named_parameters()) {
         out.emplace_back(containers[index].name + "." + param.key(), param.value().sizes().vec());

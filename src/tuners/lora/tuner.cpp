@@ -16,6 +16,7 @@
 #include "core/tensor_slots.h"
 #include "core/tuner_registry.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/lora/config_json.h"
 #include "tuners/lora/dora.h"
 #include "tuners/lora/init.h"
 #include "tuners/lora/layer.h"
@@ -281,24 +282,7 @@ class LoraTuner final : public Tuner {
     config->use_dora(in.get_bool("use_dora", false));
     config->lora_bias(in.get_bool("lora_bias", false));
     config->target_parameters(in.get_string_list("target_parameters"));
-    // Python fields that only matter for features peft-cpp does not have: accepted when off.
-    in.accept_only_neutral("megatron_config", "Megatron parallel layers are not supported");
-    in.accept_only_neutral("trainable_token_indices", "trainable tokens are not supported yet");
-    in.accept_only_neutral("layer_replication", "layer replication is not supported");
-    in.accept_only_neutral("alora_invocation_tokens", "aLoRA is not supported");
-    in.accept_only_neutral("use_qalora", "QA-LoRA is not supported");
-    in.accept_only_neutral("velora_config", "VeLoRA is not supported");
-    in.accept_only_neutral("monteclora_config", "MonteCLoRA is not supported");
-    in.accept_only_neutral("use_bdlora", "BD-LoRA is not supported");
-    in.accept_only_neutral("arrow_config", "Arrow routing is not supported");
-    in.accept_only_neutral("kasa_config", "KaSA is not supported");
-    in.accept_only_neutral("ensure_weight_tying", "tying adapters across tied embeddings is not supported");
-    in.accept_only_neutral("loftq_config", "LoftQ is not supported");
-    // Settings of init methods and integrations that do not change what a loaded adapter computes.
-    for (const char* key : {"megatron_core", "qalora_group_size", "eva_config", "corda_config", "lora_ga_config",
-                            "runtime_config"}) {
-      in.ignore(key);
-    }
+    read_unused_lora_fields(in);
     return config;
   }
 
@@ -316,16 +300,7 @@ class LoraTuner final : public Tuner {
     out["use_dora"] = c.use_dora();
     out["lora_bias"] = c.lora_bias();
     out["target_parameters"] = c.target_parameters() ? json(*c.target_parameters()) : json(nullptr);
-    for (const char* key : {"megatron_config", "trainable_token_indices", "layer_replication", "alora_invocation_tokens",
-                            "velora_config", "monteclora_config", "use_bdlora", "arrow_config", "kasa_config",
-                            "eva_config", "corda_config", "lora_ga_config"}) {
-      out[key] = nullptr;
-    }
-    out["megatron_core"] = "megatron.core";
-    out["loftq_config"] = json::object();
-    out["use_qalora"] = false;
-    out["qalora_group_size"] = 16;
-    out["ensure_weight_tying"] = false;
+    write_unused_lora_fields(out);
   }
 
   std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {

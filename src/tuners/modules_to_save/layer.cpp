@@ -8,62 +8,10 @@
 
 #include "core/sample_routing.h"
 #include "core/tensor_slots.h"
-#include "routing/router.h"
+#include "tuners/common/layer_copy.h"
 
 namespace peft::detail {
 namespace {
-
-// A fresh layer of the same type and options holding copies of the tensors (clone() would refuse a
-// layer that already carries adapter containers).
-// ConvNdImpl keeps its options as detail::ConvNdOptions, which the ConvXdImpl constructors do not take.
-template <size_t D>
-torch::nn::ConvOptions<D> conv_options(const torch::nn::detail::ConvNdOptions<D>& o) {
-  return torch::nn::ConvOptions<D>(o.in_channels(), o.out_channels(), o.kernel_size())
-      .stride(o.stride())
-      .padding(o.padding())
-      .dilation(o.dilation())
-      .groups(o.groups())
-      .bias(o.bias())
-      .padding_mode(o.padding_mode());
-}
-template <class Options>
-const Options& layer_options(const Options& o) {
-  return o;
-}
-template <size_t D>
-torch::nn::ConvOptions<D> layer_options(const torch::nn::detail::ConvNdOptions<D>& o) {
-  return conv_options(o);
-}
-
-template <class Impl>
-std::shared_ptr<torch::nn::Module> copy_of(const torch::nn::Module& module) {
-  const auto& source = dynamic_cast<const Impl&>(module);
-  auto copy = std::make_shared<Impl>(layer_options(source.options));
-  at::NoGradGuard no_grad;
-  for (const auto& param : parameters_of(source)) {
-    const at::Tensor& t = param.value();
-    if (t.defined()) replace_tensor(*copy, param.key(), t.device().is_meta() ? at::empty(t.sizes(), t.options()) : t.clone());
-  }
-  for (const auto& buffer : buffers_of(source)) {
-    const at::Tensor& t = buffer.value();
-    if (t.defined()) replace_tensor(*copy, buffer.key(), t.device().is_meta() ? at::empty(t.sizes(), t.options()) : t.clone(), true);
-  }
-  copy->train(source.is_training());
-  return copy;
-}
-
-at::Tensor forward_copy(LayerKind kind, torch::nn::Module& copy, const at::Tensor& x) {
-  switch (kind) {
-    case LayerKind::Linear: return original_forward(dynamic_cast<torch::nn::LinearImpl&>(copy), x);
-    case LayerKind::Embedding: return original_forward(dynamic_cast<torch::nn::EmbeddingImpl&>(copy), x);
-    case LayerKind::Conv1d: return original_forward(dynamic_cast<torch::nn::Conv1dImpl&>(copy), x);
-    case LayerKind::Conv2d: return original_forward(dynamic_cast<torch::nn::Conv2dImpl&>(copy), x);
-    case LayerKind::Conv3d: return original_forward(dynamic_cast<torch::nn::Conv3dImpl&>(copy), x);
-    case LayerKind::LayerNorm: return original_forward(dynamic_cast<torch::nn::LayerNormImpl&>(copy), x);
-    case LayerKind::LinearLike: break;
-  }
-  TORCH_INTERNAL_ASSERT(false, "modules_to_save copy of an unsupported layer kind");
-}
 
 class PendingCopy final : public PendingChange {
  public:
@@ -144,7 +92,7 @@ at::Tensor ModulesToSaveLayer::forward(torch::nn::Module& base, const at::Tensor
   }
   const std::shared_ptr<torch::nn::Module> copy = std::atomic_load(&active_copy_);
   if (!copy) return base_forward(input);
-  return forward_copy(kind(), *copy, input);
+  return forward_layer_copy(kind(), *copy, input);
 }
 
 at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseForward base_forward,
@@ -169,7 +117,7 @@ at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseF
       auto it = by_name_.find(name);
       if (it != by_name_.end()) copy = it->second;
     }
-    const at::Tensor out = copy ? forward_copy(kind(), *copy, sub_batch) : base_forward(sub_batch);
+    const at::Tensor out = copy ? forward_layer_copy(kind(), *copy, sub_batch) : base_forward(sub_batch);
     if (!result.defined()) {
       std::vector<int64_t> shape = out.sizes().vec();
       shape[0] = input.size(0);
@@ -205,17 +153,11 @@ std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, co
                                                        const std::string& adapter, std::shared_ptr<const PeftConfig> config,
                                                        TunerLayer* existing) {
   auto pending = std::make_unique<PendingCopy>();
-  switch (base.kind) {
-    case LayerKind::Linear: pending->copy = copy_of<torch::nn::LinearImpl>(*base.module); break;
-    case LayerKind::Embedding: pending->copy = copy_of<torch::nn::EmbeddingImpl>(*base.module); break;
-    case LayerKind::Conv1d: pending->copy = copy_of<torch::nn::Conv1dImpl>(*base.module); break;
-    case LayerKind::Conv2d: pending->copy = copy_of<torch::nn::Conv2dImpl>(*base.module); break;
-    case LayerKind::Conv3d: pending->copy = copy_of<torch::nn::Conv3dImpl>(*base.module); break;
-    case LayerKind::LayerNorm: pending->copy = copy_of<torch::nn::LayerNormImpl>(*base.module); break;
-    case LayerKind::LinearLike:
-      throw UnsupportedLayerError("modules_to_save: '" + module_name +
-                                  "' is a custom layer; peft-cpp can keep trainable copies of torch::nn::Linear, "
-                                  "Embedding, Conv1d/2d/3d and LayerNorm layers only");
+  pending->copy = copy_layer(base);
+  if (!pending->copy) {
+    throw UnsupportedLayerError("modules_to_save: '" + module_name +
+                                "' is a custom layer; peft-cpp can keep trainable copies of torch::nn::Linear, "
+                                "Embedding, Conv1d/2d/3d and LayerNorm layers only");
   }
   if (existing) {
     if (std::string(existing->peft_type()) != "MODULES_TO_SAVE") {

@@ -1,0 +1,160 @@
+// FourierFT (Python PEFT's tuners/fourierft): dW = Re(ifft2(S)) * scaling, where S is zero except for
+// n_frequency learned entries at positions drawn by torch.randperm from random_loc_seed.
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/fft_ifft2.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/randperm.h>
+#include <ATen/ops/real.h>
+#include <ATen/ops/zeros.h>
+
+#include <peft/error.h>
+#include <peft/tuners/fourierft/config.h>
+
+#include "core/json_config.h"
+#include "core/matching.h"
+#include "tuners/common/pending_adapter.h"
+
+namespace peft::detail::fourierft {
+namespace {
+
+const std::vector<DictAdapterLayer::Container>& containers() {
+  static const std::vector<DictAdapterLayer::Container> c{{"fourierft_spectrum"}};
+  return c;
+}
+
+struct Record : AdapterRecord {
+  using AdapterRecord::AdapterRecord;
+  double scaling = 0;
+  at::Tensor rows, cols;  // positions of the learned coefficients (int64, CPU)
+};
+
+class FourierFTLayer final : public DictAdapterLayer {
+ public:
+  explicit FourierFTLayer(const BaseLayer& base) : DictAdapterLayer(base, "FOURIERFT", containers()) {}
+
+ protected:
+  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
+                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+                            BaseForward base_forward) override {
+    const c10::ScalarType previous = x.scalar_type();
+    at::Tensor result = base_forward(x);
+    for (const auto& record : active) {
+      const at::Tensor delta = dense_delta(static_cast<const Record&>(*record));
+      result = result + at::linear(x.to(delta.scalar_type()), delta);
+    }
+    return result.to(previous);
+  }
+
+  at::Tensor delta_weight(const AdapterRecord& record) const override {
+    const at::Tensor delta = dense_delta(static_cast<const Record&>(record));
+    return base_layer().fan_in_fan_out ? delta.t() : delta;
+  }
+
+ private:
+  /// (out, in) update.
+  at::Tensor dense_delta(const Record& record) const {
+    const at::Tensor& spectrum = param(0, record.name);
+    const at::Device device = spectrum.device();
+    at::Tensor dense = at::zeros({base_layer().out_features, base_layer().in_features},
+                                 spectrum.options().dtype(at::kFloat));
+    dense.index_put_({record.rows.to(device), record.cols.to(device)}, spectrum.to(at::kFloat));
+    return (at::real(at::fft_ifft2(dense)) * record.scaling).to(spectrum.scalar_type());
+  }
+};
+
+class FourierFTPlanner final : public LayerPlanner {
+ public:
+  explicit FourierFTPlanner(FourierFTConfig& config)
+      : config_(config), n_frequencies_(config.n_frequency_pattern(), "n_frequency_pattern") {}
+
+  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+    const BaseLayer& base = request.base;
+    if (base.kind == LayerKind::Linear && config_.fan_in_fan_out()) {
+      TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
+      config_.fan_in_fan_out(false);
+    } else if (base.kind == LayerKind::LinearLike && base.fan_in_fan_out && !config_.fan_in_fan_out()) {
+      TORCH_WARN("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+      config_.fan_in_fan_out(true);
+    } else if (base.kind != LayerKind::Linear && base.kind != LayerKind::LinearLike) {
+      unsupported_layer("FourierFT", *base.module, "`torch::nn::Linear` and peft::LinearLike (transformers' Conv1D)");
+    }
+    const int64_t n = n_frequencies_.lookup(request.module_name, config_.n_frequency());
+    const int64_t in = base.in_features, out = base.out_features;
+    if (n > in * out) {
+      throw ConfigError("`n_frequency` should be less than or equal to the product of the input and output dimensions "
+                        "but the value passed is " + std::to_string(n) + " and the product is " +
+                        std::to_string(in * out) + " (layer '" + request.module_name + "')");
+    }
+    auto record = std::make_shared<Record>(request.adapter_name);
+    record->scaling = config_.scaling();
+    // The same draw as Python: randperm(out*in) on a CPU generator seeded with random_loc_seed.
+    at::Generator generator = at::detail::createCPUGenerator(static_cast<uint64_t>(config_.random_loc_seed()));
+    const at::Tensor flat = at::randperm(out * in, generator, at::TensorOptions().dtype(at::kLong)).narrow(0, 0, n);
+    record->rows = flat.div(in, "floor");
+    record->cols = flat.remainder(in);
+
+    const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
+    at::Tensor spectrum = at::empty({n}, options);
+    if (materialised(options)) {
+      at::NoGradGuard no_grad;
+      if (config_.init_weights()) {
+        spectrum.zero_();
+      } else {
+        spectrum.normal_();
+      }
+    }
+    DictAdapterLayer::NewAdapter adapter;
+    adapter.record = record;
+    adapter.tensors.emplace_back(0, spectrum);
+    return prepare_dict_adapter(request, "FOURIERFT", containers(),
+                                [base] { return std::make_shared<FourierFTLayer>(base); }, std::move(adapter));
+  }
+
+ private:
+  FourierFTConfig& config_;
+  PatternLookup<int64_t> n_frequencies_;
+};
+
+class FourierFTTuner final : public Tuner {
+ public:
+  const char* peft_type() const override { return "FOURIERFT"; }
+  const char* prefix() const override { return "fourierft_"; }
+
+  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
+    auto c = std::make_shared<FourierFTConfig>();
+    c->n_frequency(in.get_int("n_frequency", c->n_frequency()));
+    c->scaling(in.get_number("scaling", c->scaling()));
+    c->random_loc_seed(in.get_int("random_loc_seed", c->random_loc_seed()));
+    c->fan_in_fan_out(in.get_bool("fan_in_fan_out", c->fan_in_fan_out()));
+    c->n_frequency_pattern(in.get_int_map("n_frequency_pattern"));
+    c->init_weights(in.get_bool("init_weights", c->init_weights()));
+    c->bias(in.get_string("bias", c->bias()));
+    return c;
+  }
+
+  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
+    const auto& c = static_cast<const FourierFTConfig&>(base);
+    out["n_frequency"] = c.n_frequency();
+    out["scaling"] = c.scaling();
+    out["random_loc_seed"] = c.random_loc_seed();
+    out["fan_in_fan_out"] = c.fan_in_fan_out();
+    out["n_frequency_pattern"] = pattern_to_json(c.n_frequency_pattern());
+    out["init_weights"] = c.init_weights();
+    out["bias"] = c.bias();
+  }
+
+  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
+    return std::make_unique<FourierFTPlanner>(static_cast<FourierFTConfig&>(config));
+  }
+};
+
+}  // namespace
+
+const Tuner& fourierft_tuner() {
+  static const FourierFTTuner tuner;
+  return tuner;
+}
+
+}  // namespace peft::detail::fourierft

@@ -1,0 +1,186 @@
+// HRA (Python PEFT's tuners/hra): W' = W H, H = (I - 2 u1 u1^T) ... (I - 2 ur ur^T) with normalised u_i
+// (or, with apply_GS, one reflection I - 2 U U^T of the Gram-Schmidt-orthonormalised U).
+
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/eye.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/repeat_interleave.h>
+#include <ATen/ops/zeros.h>
+
+#include <peft/error.h>
+#include <peft/tuners/hra/config.h>
+
+#include "core/json_config.h"
+#include "tuners/common/config_checks.h"
+#include "tuners/common/conv_functional.h"
+#include "tuners/common/lycoris.h"
+#include "tuners/common/pending_adapter.h"
+
+namespace peft::detail::hra {
+namespace {
+
+const std::vector<DictAdapterLayer::Container>& containers() {
+  static const std::vector<DictAdapterLayer::Container> c{{"hra_u"}};
+  return c;
+}
+
+struct Record : AdapterRecord {
+  using AdapterRecord::AdapterRecord;
+  int64_t r = 0;
+  bool apply_gs = false;
+};
+
+class HRALayer final : public DictAdapterLayer {
+ public:
+  explicit HRALayer(const BaseLayer& base) : DictAdapterLayer(base, "HRA", containers()) {}
+
+ protected:
+  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
+                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+                            BaseForward) override {
+    const c10::ScalarType previous = x.scalar_type();
+    at::Tensor transform;
+    for (const auto& record : active) {
+      const at::Tensor h = reflections(*record, false);
+      transform = transform.defined() ? at::mm(transform.to(h.scalar_type()), h) : h;
+    }
+    const at::Tensor weight = base_layer().weight().detach();
+    const at::Tensor new_weight = at::mm(flat(weight).to(transform.scalar_type()), transform);
+    at::Tensor bias = base_layer().bias();
+    if (bias.defined()) bias = bias.to(new_weight.scalar_type());
+    const at::Tensor input = x.to(new_weight.scalar_type());
+    at::Tensor result;
+    if (base_layer().is_conv()) {
+      result = conv_like(base, kind(), input, new_weight.view(weight.sizes()));
+      if (bias.defined()) result = result + bias.view({1, -1, 1, 1});
+    } else {
+      result = at::linear(input, new_weight, bias);
+    }
+    return result.to(previous);
+  }
+
+  std::pair<at::Tensor, at::Tensor> merge_step(const at::Tensor& weight, const at::Tensor& bias,
+                                               const AdapterRecord& record) const override {
+    const at::Tensor h = reflections(record, false);
+    return {at::mm(flat(weight).to(h.scalar_type()), h).view(weight.sizes()).to(weight.scalar_type()), bias};
+  }
+
+  std::pair<at::Tensor, at::Tensor> unmerge_step(const at::Tensor& weight, const at::Tensor& bias,
+                                                 const AdapterRecord& record) const override {
+    // Each reflection is its own inverse, so the product in reverse order undoes it.
+    const at::Tensor h = reflections(record, true);
+    return {at::mm(flat(weight).to(h.scalar_type()), h).view(weight.sizes()).to(weight.scalar_type()), bias};
+  }
+
+ private:
+  static at::Tensor flat(const at::Tensor& weight) { return weight.reshape({weight.size(0), -1}); }
+
+  at::Tensor reflections(const AdapterRecord& r, bool reverse) const {
+    const auto& record = static_cast<const Record&>(r);
+    const at::Tensor& u = param(0, record.name);
+    const int64_t d = u.size(0);
+    const at::TensorOptions options = u.options();
+    if (record.apply_gs) {
+      std::vector<at::Tensor> basis{(u.select(1, 0) / u.select(1, 0).norm()).view({-1, 1})};
+      for (int64_t i = 1; i < record.r; ++i) {
+        at::Tensor ui = u.select(1, i).view({-1, 1});
+        for (int64_t j = 0; j < i; ++j) ui = ui - at::mm(basis[j].t(), ui) * basis[j];
+        basis.push_back((ui / ui.norm()).view({-1, 1}));
+      }
+      const at::Tensor w = at::cat(basis, 1);
+      return at::eye(d, options) - 2 * at::mm(w, w.t());
+    }
+    const at::Tensor normalised = u / u.norm(2, {0});
+    at::Tensor h = at::eye(d, options);
+    for (int64_t k = 0; k < record.r; ++k) {
+      const int64_t i = reverse ? record.r - 1 - k : k;
+      const at::Tensor ui = normalised.select(1, i).view({-1, 1});
+      h = h - 2 * at::mm(at::mm(h, ui), ui.t());
+    }
+    return h;
+  }
+};
+
+class HRAPlanner final : public LayerPlanner {
+ public:
+  explicit HRAPlanner(const HRAConfig& config) : config_(config) {}
+
+  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+    const BaseLayer& base = request.base;
+    int64_t rows = base.in_features;
+    if (base.kind == LayerKind::Conv2d) {
+      const ConvGeometry g = conv_geometry(*base.module, base.kind);
+      if (g.groups != 1) {
+        throw UnsupportedLayerError("HRA cannot adapt the grouped convolution '" + request.module_name +
+                                    "' (groups=" + std::to_string(g.groups) + "); Python PEFT's HRAConv2d assumes groups=1.");
+      }
+      rows = g.in_channels * g.kernel[0] * g.kernel[1];
+    } else if (base.kind != LayerKind::Linear) {
+      unsupported_layer("HRA", *base.module, "`torch::nn::Linear`, `torch::nn::Conv2d`");
+    }
+    const int64_t r = config_.r();
+    auto record = std::make_shared<Record>(request.adapter_name);
+    record->r = r;
+    record->apply_gs = config_.apply_GS();
+    const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
+    at::Tensor u = at::empty({rows, r}, options);
+    if (materialised(options)) {
+      at::NoGradGuard no_grad;
+      if (config_.init_weights() && r % 2 == 0) {
+        // Equal neighbouring vectors: their reflections cancel, so the adapter starts as the identity.
+        at::Tensor half = at::zeros({rows, r / 2}, options);
+        kaiming_default(half);
+        u.copy_(at::repeat_interleave(half, 2, 1));
+      } else {
+        if (config_.init_weights()) TORCH_WARN("The symmetric initialization can NOT be performed when r is odd!");
+        kaiming_default(u);
+      }
+    }
+    DictAdapterLayer::NewAdapter adapter;
+    adapter.record = record;
+    adapter.tensors.emplace_back(0, u);
+    return prepare_dict_adapter(request, "HRA", containers(), [base] { return std::make_shared<HRALayer>(base); },
+                                std::move(adapter));
+  }
+
+ private:
+  const HRAConfig& config_;
+};
+
+class HRATuner final : public Tuner {
+ public:
+  const char* peft_type() const override { return "HRA"; }
+  const char* prefix() const override { return "hra_"; }
+
+  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
+    auto c = std::make_shared<HRAConfig>();
+    c->r(in.get_int("r", c->r()));
+    c->apply_GS(in.get_bool("apply_GS", c->apply_GS()));
+    c->init_weights(in.get_bool("init_weights", c->init_weights()));
+    c->bias(in.get_string("bias", c->bias()));
+    return c;
+  }
+
+  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
+    const auto& c = static_cast<const HRAConfig&>(base);
+    out["r"] = c.r();
+    out["apply_GS"] = c.apply_GS();
+    out["init_weights"] = c.init_weights();
+    out["bias"] = c.bias();
+  }
+
+  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
+    return std::make_unique<HRAPlanner>(static_cast<const HRAConfig&>(config));
+  }
+};
+
+}  // namespace
+
+const Tuner& hra_tuner() {
+  static const HRATuner tuner;
+  return tuner;
+}
+
+}  // namespace peft::detail::hra

@@ -1,0 +1,264 @@
+// Every adapter method and its options on small models, beyond what shared/vectors covers: the adapter
+// changes the output, merging reproduces the unmerged output and unmerging restores the weights, training
+// reaches every adapter tensor and no base tensor, save/load (and low_cpu_mem_usage) round-trips, the config
+// survives JSON, unsupported layers are refused without changes, and injecting from a state dict adapts the
+// layers its keys name.
+
+#include <filesystem>
+
+#include "core/model_adapters.h"
+#include "support/snapshot.h"
+#include "support/vector_model.h"
+#include "support/vectors.h"
+#include "support/warnings.h"
+
+namespace peft_test {
+namespace {
+
+namespace fs = std::filesystem;
+
+// x (3, 16) -> lin0 (16 -> 24) -> norm -> relu -> lin1 (24 -> 16)
+struct MlpImpl : torch::nn::Module {
+  torch::nn::Linear lin0{nullptr}, lin1{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  MlpImpl() {
+    lin0 = register_module("lin0", torch::nn::Linear(16, 24));
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({24})));
+    lin1 = register_module("lin1", torch::nn::Linear(24, 16));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(norm(lin0(x)))); }
+};
+TORCH_MODULE(Mlp);
+
+// x (2, 4, 6, 6) -> conv (4 -> 8, 3x3, padding 1) -> relu -> point (8 -> 4, 1x1)
+struct ConvNetImpl : torch::nn::Module {
+  torch::nn::Conv2d conv{nullptr}, point{nullptr};
+  ConvNetImpl() {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).padding(1)));
+    point = register_module("point", torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 1)));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return point(torch::relu(conv(x))); }
+};
+TORCH_MODULE(ConvNet);
+
+// Layer types most methods cannot adapt: an embedding and transformers' Conv1D.
+struct OddLayersImpl : torch::nn::Module {
+  torch::nn::Embedding emb{nullptr};
+  GPT2Conv1D conv1d{nullptr};
+  OddLayersImpl() {
+    emb = register_module("emb", torch::nn::Embedding(10, 20));
+    conv1d = register_module("conv1d", GPT2Conv1D(20, 20));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return conv1d(emb(x)); }
+};
+TORCH_MODULE(OddLayers);
+
+struct Variant {
+  std::string name;
+  bool conv;            // ConvNet instead of Mlp
+  nlohmann::json config;
+};
+
+std::vector<Variant> variants() {
+  using nlohmann::json;
+  const json mlp_all = {"lin0", "lin1"};
+  return {
+      {"loha", false, {{"peft_type", "LOHA"}, {"target_modules", mlp_all}, {"r", 4}, {"alpha", 8}, {"init_weights", false}}},
+      {"loha_effective_conv", true,
+       {{"peft_type", "LOHA"}, {"target_modules", {"conv", "point"}}, {"r", 2}, {"use_effective_conv2d", true}}},
+      {"lokr_decompose_both", false,
+       {{"peft_type", "LOKR"}, {"target_modules", mlp_all}, {"r", 2}, {"decompose_both", true}, {"decompose_factor", 4}}},
+      {"lokr_conv", true, {{"peft_type", "LOKR"}, {"target_modules", {"conv"}}, {"r", 2}, {"use_effective_conv2d", true}}},
+      {"ia3", false,
+       {{"peft_type", "IA3"}, {"target_modules", mlp_all}, {"feedforward_modules", {"lin1"}}, {"init_ia3_weights", false}}},
+      {"ia3_conv", true, {{"peft_type", "IA3"}, {"target_modules", {"conv", "point"}}, {"feedforward_modules", {"point"}}}},
+      {"adalora", false,
+       {{"peft_type", "ADALORA"}, {"target_modules", mlp_all}, {"init_r", 4}, {"total_step", 10}, {"init_lora_weights", false}}},
+      {"adalora_conv", true, {{"peft_type", "ADALORA"}, {"target_modules", {"conv"}}, {"init_r", 3}, {"total_step", 10}}},
+      {"oft_exact_cayley", false,
+       {{"peft_type", "OFT"}, {"target_modules", mlp_all}, {"oft_block_size", 4}, {"use_cayley_neumann", false},
+        {"init_weights", false}}},
+      {"oft_block_share", false,
+       {{"peft_type", "OFT"}, {"target_modules", mlp_all}, {"oft_block_size", 8}, {"block_share", true}}},
+      {"oft_coft", false,
+       {{"peft_type", "OFT"}, {"target_modules", mlp_all}, {"r", 4}, {"oft_block_size", 0}, {"coft", true}, {"eps", 0.1}}},
+      {"oft_pointwise_conv", true, {{"peft_type", "OFT"}, {"target_modules", {"point"}}, {"oft_block_size", 4}}},
+      {"boft_two_factors", false,
+       {{"peft_type", "BOFT"}, {"target_modules", mlp_all}, {"boft_block_size", 4}, {"boft_n_butterfly_factor", 2}}},
+      {"boft_conv", true, {{"peft_type", "BOFT"}, {"target_modules", {"conv"}}, {"boft_block_size", 4}}},
+      {"hra_gram_schmidt", false, {{"peft_type", "HRA"}, {"target_modules", mlp_all}, {"r", 4}, {"apply_GS", true}}},
+      {"hra_conv", true, {{"peft_type", "HRA"}, {"target_modules", {"conv"}}, {"r", 3}, {"init_weights", false}}},
+      {"fourierft_pattern", false,
+       {{"peft_type", "FOURIERFT"}, {"target_modules", mlp_all}, {"n_frequency", 30}, {"scaling", 10.0},
+        {"n_frequency_pattern", {{"lin1", 50}}}}},
+      {"c3a_gaussian", false,
+       {{"peft_type", "C3A"}, {"target_modules", mlp_all}, {"block_size", 8}, {"init_weights", "gaussian"}}},
+      {"miss", false, {{"peft_type", "MISS"}, {"target_modules", mlp_all}, {"r", 4}, {"init_weights", false}}},
+      {"miss_ragged", false, {{"peft_type", "MISS"}, {"target_modules", mlp_all}, {"r", 5}}},
+      {"miss_bat", false, {{"peft_type", "MISS"}, {"target_modules", mlp_all}, {"r", 4}, {"init_weights", "bat"}}},
+      {"miss_mini", false,
+       {{"peft_type", "MISS"}, {"target_modules", mlp_all}, {"r", 4}, {"mini_r", 4}, {"init_weights", "mini"}}},
+      {"ln_tuning", false, {{"peft_type", "LN_TUNING"}, {"target_modules", {"norm"}}}},
+  };
+}
+
+std::shared_ptr<torch::nn::Module> make_model(const Variant& v) {
+  torch::manual_seed(1);
+  std::shared_ptr<torch::nn::Module> model =
+      v.conv ? std::static_pointer_cast<torch::nn::Module>(ConvNet().ptr()) : Mlp().ptr();
+  model->eval();
+  return model;
+}
+
+at::Tensor run(const Variant& v, torch::nn::Module& model) {
+  static const at::Tensor mlp_input = torch::randn({3, 16}, torch::Generator(at::detail::createCPUGenerator(7)));
+  static const at::Tensor conv_input = torch::randn({2, 4, 6, 6}, torch::Generator(at::detail::createCPUGenerator(7)));
+  if (v.conv) return dynamic_cast<ConvNetImpl&>(model).forward(conv_input);
+  return dynamic_cast<MlpImpl&>(model).forward(mlp_input);
+}
+
+std::shared_ptr<peft::PeftConfig> config_of(const Variant& v) { return peft::config_from_json_string(v.config.dump()); }
+
+// Injects the variant and moves every adapter tensor away from its (often no-op) initial value.
+void inject(const Variant& v, torch::nn::Module& model) {
+  peft::detail::inject(*config_of(v), model, "default", false, std::nullopt, peft::detail::caller_probes());
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(3);
+  for (auto& param : model.named_parameters()) {
+    if (param.value().requires_grad()) param.value().add_(0.1 * torch::randn_like(param.value()));
+  }
+}
+
+class MethodVariants : public testing::TestWithParam<Variant> {};
+
+TEST_P(MethodVariants, AdapterChangesTheOutputAndMergeReproducesIt) {
+  const Variant& v = GetParam();
+  WarningCapture warnings;
+  auto model = make_model(v);
+  const at::Tensor base = run(v, *model);
+  inject(v, *model);
+  const at::Tensor adapted = run(v, *model);
+  EXPECT_GT(max_abs_diff(adapted, base), 1e-3) << "the adapter does not reach the output";
+  const ModelSnapshot before(*model);
+  peft::merge_adapter(*model, std::vector<std::string>{}, /*safe_merge=*/true);
+  EXPECT_LT(max_abs_diff(run(v, *model), adapted), 1e-4);
+  peft::unmerge_adapter(*model);
+  for (const auto& [key, value] : before.values) {
+    EXPECT_LT(max_abs_diff(model->named_parameters()[key], value), 1e-4) << key;
+  }
+  EXPECT_LT(max_abs_diff(run(v, *model), adapted), 1e-4);
+  peft::merge_and_unload(*model);
+  EXPECT_LT(max_abs_diff(run(v, *model), adapted), 1e-4);
+  EXPECT_TRUE(peft::detail::adapted_layers(*model).empty()) << "merge_and_unload left adapter layers behind";
+}
+
+TEST_P(MethodVariants, TrainingReachesEveryAdapterTensorAndNoBaseTensor) {
+  const Variant& v = GetParam();
+  WarningCapture warnings;
+  auto model = make_model(v);
+  inject(v, *model);
+  model->train();
+  run(v, *model).pow(2).sum().backward();
+  const peft::StateDict adapter = peft::get_peft_model_state_dict(*model);
+  int64_t trained = 0;
+  for (const auto& param : model->named_parameters()) {
+    const at::Tensor& p = param.value();
+    if (!p.requires_grad()) {
+      EXPECT_FALSE(p.grad().defined()) << param.key();
+      continue;
+    }
+    ++trained;
+    ASSERT_TRUE(p.grad().defined()) << param.key() << " requires grad but got none";
+    EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>()) << param.key();
+    EXPECT_GT(p.grad().abs().max().item<double>(), 0.0) << param.key();
+  }
+  EXPECT_EQ(trained, static_cast<int64_t>(adapter.size())) << "trainable tensors vs. the adapter's state dict";
+}
+
+TEST_P(MethodVariants, SaveAndLoadRoundTrip) {
+  const Variant& v = GetParam();
+  WarningCapture warnings;
+  auto model = make_model(v);
+  inject(v, *model);
+  const at::Tensor adapted = run(v, *model);
+  const fs::path dir = fs::temp_directory_path() / ("peft_variants_" + std::to_string(::getpid())) / v.name;
+  fs::remove_all(dir);
+  peft::save_adapter(*model, dir.string());
+  for (bool low_cpu : {false, true}) {
+    auto fresh = make_model(v);
+    peft::LoadAdapterOptions options;
+    options.low_cpu_mem_usage = low_cpu;
+    const peft::LoadResult result = peft::detail::load_adapter(*fresh, dir.string(), "default", options,
+                                                               peft::detail::caller_probes());
+    EXPECT_TRUE(result.missing_keys.empty());
+    EXPECT_TRUE(result.unexpected_keys.empty());
+    EXPECT_LT(max_abs_diff(run(v, *fresh), adapted), 1e-5) << "low_cpu=" << low_cpu;
+  }
+  fs::remove_all(dir);
+}
+
+TEST_P(MethodVariants, ConfigSurvivesJson) {
+  const Variant& v = GetParam();
+  WarningCapture warnings;
+  const std::string once = config_of(v)->to_json_string();
+  const std::string twice = peft::config_from_json_string(once)->to_json_string();
+  EXPECT_EQ(once, twice);
+}
+
+TEST_P(MethodVariants, StateDictInjectionAdaptsTheLayersItNames) {
+  const Variant& v = GetParam();
+  WarningCapture warnings;
+  auto source = make_model(v);
+  inject(v, *source);
+  const peft::StateDict weights = peft::get_peft_model_state_dict(*source);
+  // The config targets nothing that exists (a regex, so IA3's feedforward_modules need not be a subset):
+  // the layers come from the state dict's keys alone.
+  nlohmann::json json = v.config;
+  json["target_modules"] = "not_a_layer";
+  auto model = make_model(v);
+  peft::detail::inject(*peft::config_from_json_string(json.dump()), *model, "default", false, weights,
+                       peft::detail::caller_probes());
+  peft::set_peft_model_state_dict(*model, weights);
+  std::vector<std::string> theirs, ours;
+  for (const auto& item : peft::get_peft_model_state_dict(*source)) theirs.push_back(item.key());
+  for (const auto& item : peft::get_peft_model_state_dict(*model)) ours.push_back(item.key());
+  EXPECT_EQ(ours, theirs);
+  EXPECT_LT(max_abs_diff(run(v, *model), run(v, *source)), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MethodVariants, testing::ValuesIn(variants()),
+                         [](const auto& info) { return info.param.name; });
+
+// Which of OddLayers' layers each method cannot adapt.
+class UnsupportedLayers : public testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(UnsupportedLayers, AreRefusedAndTheModelIsUnchanged) {
+  const auto& [peft_type, layer] = GetParam();
+  WarningCapture warnings;
+  OddLayers model;
+  const ModelSnapshot before(*model);
+  nlohmann::json json = {{"peft_type", peft_type}, {"target_modules", {layer}}};
+  if (peft_type == "ADALORA") json["total_step"] = 10;
+  if (peft_type == "C3A") json["block_size"] = 4;
+  if (peft_type == "OFT") json["oft_block_size"] = 4;
+  try {
+    peft::detail::inject(*peft::config_from_json_string(json.dump()), *model, "default", false, std::nullopt,
+                         peft::detail::caller_probes());
+    ADD_FAILURE() << peft_type << " accepted " << layer;
+  } catch (const peft::UnsupportedLayerError& e) {
+    EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(ModelSnapshot(*model) == before);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, UnsupportedLayers,
+    testing::Values(std::pair{"LOHA", "emb"}, std::pair{"LOHA", "conv1d"}, std::pair{"LOKR", "emb"},
+                    std::pair{"IA3", "emb"}, std::pair{"ADALORA", "emb"}, std::pair{"OFT", "conv1d"},
+                    std::pair{"BOFT", "emb"}, std::pair{"BOFT", "conv1d"}, std::pair{"HRA", "emb"},
+                    std::pair{"FOURIERFT", "emb"}, std::pair{"C3A", "emb"}, std::pair{"C3A", "conv1d"},
+                    std::pair{"MISS", "conv1d"}, std::pair{"LN_TUNING", "conv1d"}),
+    [](const auto& info) { return info.param.first + "_" + info.param.second; });
+
+}  // namespace
+}  // namespace peft_test
