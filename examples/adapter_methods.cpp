@@ -1,0 +1,96 @@
+// One example per adapter method: build its config, inject it into an unmodified LibTorch model, run it,
+// save and reload it, then merge it into the base weights. Exits non-zero if any step disagrees.
+//
+//   adapter_methods [output-directory]
+
+#include <filesystem>
+#include <functional>
+#include <iostream>
+
+#include <torch/torch.h>
+
+#include <peft/peft.h>
+
+// A small model written with plain torch::nn layers: lin0 -> norm -> relu -> lin1, and a conv branch.
+struct NetImpl : torch::nn::Module {
+  torch::nn::Linear lin0{nullptr}, lin1{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Conv2d conv{nullptr};
+  NetImpl() {
+    lin0 = register_module("lin0", torch::nn::Linear(32, 64));
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({64})));
+    lin1 = register_module("lin1", torch::nn::Linear(64, 32));
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).padding(1)));
+  }
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& image) {
+    return lin1(torch::relu(norm(lin0(x)))).sum() + conv(image).sum();
+  }
+};
+TORCH_MODULE(Net);
+
+struct Example {
+  const char* title;
+  std::function<std::shared_ptr<peft::PeftConfig>()> config;
+};
+
+// Each config starts from a random (not a no-op) adapter where the method allows, so its effect shows.
+std::vector<Example> examples() {
+  auto shared = [](auto config) { return std::make_shared<decltype(config)>(std::move(config)); };
+  return {
+      {"LoRA", [=] { return shared(peft::LoraConfig().r(8).lora_alpha(16).target_modules({"lin0", "lin1", "conv"}).init_lora_weights(false)); }},
+      {"LoHa", [=] { return shared(peft::LoHaConfig().r(4).alpha(8).target_modules({"lin0", "lin1", "conv"}).init_weights(false)); }},
+      {"LoKr", [=] { return shared(peft::LoKrConfig().r(4).decompose_both(true).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"IA3", [=] { return shared(peft::IA3Config().target_modules({"lin0", "lin1", "conv"}).feedforward_modules({"lin1"}).init_ia3_weights(false)); }},
+      {"AdaLoRA", [=] { return shared(peft::AdaLoraConfig().init_r(8).target_r(4).total_step(100).target_modules({"lin0", "lin1"}).init_lora_weights(false)); }},
+      {"OFT", [=] { return shared(peft::OFTConfig().oft_block_size(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"BOFT", [=] { return shared(peft::BOFTConfig().boft_block_size(4).boft_n_butterfly_factor(2).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"HRA", [=] { return shared(peft::HRAConfig().r(4).apply_GS(true).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"FourierFT", [=] { return shared(peft::FourierFTConfig().n_frequency(100).scaling(100.0).target_modules({"lin0", "lin1"})); }},
+      {"C3A", [=] { return shared(peft::C3AConfig().block_size(16).target_modules({"lin0", "lin1"}).init_weights("gaussian")); }},
+      {"MiSS", [=] { return shared(peft::MissConfig().r(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},
+  };
+}
+
+int main(int argc, char** argv) {
+  const std::filesystem::path root = argc > 1 ? argv[1] : std::filesystem::temp_directory_path() / "peft-cpp-methods";
+  const auto x = torch::randn({4, 32}), image = torch::randn({2, 4, 6, 6});
+  int failures = 0;
+  for (const Example& example : examples()) {
+    torch::manual_seed(0);
+    Net net;
+    net->eval();
+    const auto base = net->forward(x, image);
+    const std::shared_ptr<peft::PeftConfig> config = example.config();
+    peft::inject_adapter_in_model(*config, net);
+    if (example.title == std::string("LN tuning")) {
+      // A fresh copy of the LayerNorm equals the original; training would change it. Simulate that.
+      torch::NoGradGuard no_grad;
+      for (auto& p : net->named_parameters()) {
+        if (p.key().find("ln_tuning_layers") != std::string::npos) p.value().add_(0.5);
+      }
+    }
+    const auto adapted = net->forward(x, image);
+
+    const auto dir = root / config->peft_type();
+    peft::save_adapter(*net, dir.string());
+    torch::manual_seed(0);
+    Net fresh;
+    fresh->eval();
+    peft::load_adapter(*fresh, dir.string());
+    const auto reloaded = fresh->forward(x, image);
+
+    peft::merge_and_unload(*fresh);
+    const auto merged = fresh->forward(x, image);
+
+    const double effect = (adapted - base).abs().item<double>();
+    const double reload_diff = (reloaded - adapted).abs().item<double>();
+    const double merge_diff = (merged - adapted).abs().item<double>();
+    const int64_t trainable = peft::trainable_parameters(*net).trainable;
+    const bool ok = effect > 1e-4 && reload_diff < 1e-3 && merge_diff < 1e-2 * (1 + adapted.abs().item<double>());
+    failures += ok ? 0 : 1;
+    std::cout << (ok ? "ok   " : "FAIL ") << example.title << ": " << trainable << " trainable parameters, output moved by "
+              << effect << ", reload diff " << reload_diff << ", merged diff " << merge_diff << "\n";
+  }
+  return failures == 0 ? 0 : 1;
+}
