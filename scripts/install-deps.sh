@@ -9,6 +9,9 @@ packages=(
   nlohmann-json3-dev      # adapter_config.json, safetensors headers
   libpcre2-dev            # Python-compatible regular expressions for target_modules
   libgtest-dev libgmock-dev
+  libcli11-dev            # the peft-cpp command-line tool
+  libbenchmark-dev        # bench/
+  time                    # /usr/bin/time -v: peak memory of the merge test
   clang libclang-rt-14-dev  # sanitizer builds and libFuzzer
 )
 

@@ -8,6 +8,7 @@
 #include <peft/inject.h>
 #include <peft/layers.h>
 #include <peft/lifecycle.h>
+#include <peft/offline_merge.h>
 #include <peft/safetensors.h>
 #include <peft/state_dict.h>
 #include <peft/target_modules.h>

@@ -27,43 +27,60 @@ std::string directory_of(const std::string& path) {
 
 }  // namespace
 
-void write_file_atomically(const std::string& path, const std::string& bytes) {
-  std::string temp = path + ".tmp.XXXXXX";
-  const int fd = mkostemp(temp.data(), O_CLOEXEC);
-  if (fd < 0) fail("create a temporary file for", path);
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)), temp_(path_ + ".tmp.XXXXXX") {
+  fd_ = mkostemp(temp_.data(), O_CLOEXEC);
+  if (fd_ < 0) fail("create a temporary file for", path_);
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temp_.c_str());
+  }
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  const auto* bytes = static_cast<const char*>(data);
   size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+  while (written < size) {
+    const ssize_t n = ::write(fd_, bytes + written, size - written);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int saved = errno;
-      ::close(fd);
-      ::unlink(temp.c_str());
-      errno = saved;
-      fail("write", temp);
-    }
+    if (n <= 0) fail("write", temp_);
     written += static_cast<size_t>(n);
   }
+}
+
+void AtomicFileWriter::commit() {
   // mkostemp creates 0600; give the file the permissions a plain create would.
   const mode_t mask = umask(0);
   umask(mask);
-  fchmod(fd, 0666 & ~mask);
+  fchmod(fd_, 0666 & ~mask);
+  const int fd = fd_;
+  fd_ = -1;
   if (fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(temp.c_str());
-    fail("flush", temp);
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
     const int saved = errno;
-    ::unlink(temp.c_str());
+    ::unlink(temp_.c_str());
     errno = saved;
-    fail("rename a temporary file onto", path);
+    fail("flush", temp_);
+  }
+  if (std::rename(temp_.c_str(), path_.c_str()) != 0) {
+    const int saved = errno;
+    ::unlink(temp_.c_str());
+    errno = saved;
+    fail("rename a temporary file onto", path_);
   }
   // Make the rename itself durable.
-  const int dir = ::open(directory_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int dir = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     fsync(dir);
     ::close(dir);
   }
+}
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+  AtomicFileWriter writer(path);
+  writer.write(bytes.data(), bytes.size());
+  writer.commit();
 }
 
 std::string read_whole_file(const std::string& path) {

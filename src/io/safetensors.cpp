@@ -282,33 +282,43 @@ StateDict load_bytes(const std::string& bytes, Metadata* metadata) {
   return tensors_from(header, file, "<memory>", nullptr);
 }
 
-std::string save_bytes(const StateDict& tensors, const Metadata& metadata) {
+namespace {
+
+// What save_file / save_bytes write: the header (with its 8-byte length prefix) and the tensors in file order.
+struct Layout {
   struct Item {
     std::string name;
     const DType* dtype;
-    at::Tensor data;
+    at::Tensor data;  // contiguous, on the CPU
   };
+  std::string head;
   std::vector<Item> items;
+  uint64_t data_bytes = 0;
+};
+
+Layout layout_of(const StateDict& tensors, const Metadata& metadata) {
+  Layout layout;
   for (const auto& item : tensors) {
     const at::Tensor& t = item.value();
     if (!t.defined()) throw FileFormatError("safetensors: tensor '" + item.key() + "' is undefined");
     if (t.device().is_meta()) {
       throw FileFormatError("safetensors: tensor '" + item.key() + "' is on the meta device and has no data to save");
     }
-    items.push_back({item.key(), &dtype_of(t.scalar_type(), item.key()), t.detach().to(at::kCPU).contiguous()});
+    layout.items.push_back({item.key(), &dtype_of(t.scalar_type(), item.key()), t.detach().to(at::kCPU).contiguous()});
   }
   // The Python package's order: larger dtypes first, then by name.
-  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+  std::sort(layout.items.begin(), layout.items.end(), [](const Layout::Item& a, const Layout::Item& b) {
     return a.dtype->order != b.dtype->order ? a.dtype->order > b.dtype->order : a.name < b.name;
   });
   ordered_json header = ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const Item& item : items) {
+  for (const Layout::Item& item : layout.items) {
     const uint64_t bytes = item.data.numel() * item.dtype->size;
     header[item.name] = {{"dtype", item.dtype->name}, {"shape", item.data.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
+  layout.data_bytes = offset;
   std::string text;
   try {
     text = header.dump();
@@ -316,19 +326,32 @@ std::string save_bytes(const StateDict& tensors, const Metadata& metadata) {
     throw FileFormatError(std::string("safetensors: a tensor name or metadata value is not valid UTF-8: ") + e.what());
   }
   text.append((8 - text.size() % 8) % 8, ' ');  // data starts 8-byte aligned
-  std::string out;
-  out.reserve(8 + text.size() + offset);
   const uint64_t header_size = text.size();
-  out.append(reinterpret_cast<const char*>(&header_size), 8);
-  out += text;
-  for (const Item& item : items) {
+  layout.head.append(reinterpret_cast<const char*>(&header_size), 8);
+  layout.head += text;
+  return layout;
+}
+
+}  // namespace
+
+std::string save_bytes(const StateDict& tensors, const Metadata& metadata) {
+  const Layout layout = layout_of(tensors, metadata);
+  std::string out;
+  out.reserve(layout.head.size() + layout.data_bytes);
+  out += layout.head;
+  for (const Layout::Item& item : layout.items) {
     out.append(static_cast<const char*>(item.data.data_ptr()), item.data.numel() * item.dtype->size);
   }
   return out;
 }
 
 void save_file(const StateDict& tensors, const std::string& path, const Metadata& metadata) {
-  detail::write_file_atomically(path, save_bytes(tensors, metadata));
+  // Streamed tensor by tensor: no second copy of the data in memory.
+  const Layout layout = layout_of(tensors, metadata);
+  detail::AtomicFileWriter writer(path);
+  writer.write(layout.head.data(), layout.head.size());
+  for (const Layout::Item& item : layout.items) writer.write(item.data.data_ptr(), item.data.numel() * item.dtype->size);
+  writer.commit();
 }
 
 }  // namespace peft::safetensors
