@@ -97,5 +97,32 @@ TEST(LoraVectorsIndex, CoversEveryLoraCase) {
   EXPECT_GE(cases_with_peft_type("LORA").size(), 21u);
 }
 
+// Python PEFT draws a LoRA adapter's initial values from the global generator (nn.Linear's init of lora_A,
+// then lora_B, layer by layer); peft-cpp draws the same, so the same seed gives Python's adapter. The
+// vectors were injected right after torch.manual_seed(1234) with init_lora_weights=False and not perturbed.
+TEST(LoraVectorsSeed, SameSeedGivesPythonsInitialAdapter) {
+  int checked = 0;
+  for (const std::string& name : cases_with_peft_type("LORA")) {
+    const VectorCase c = VectorCase::load(name);
+    const nlohmann::json config = c.json("adapter_config.json");
+    const bool perturbed = c.meta.contains("perturbed") && !c.meta["perturbed"].empty();
+    if (perturbed || config["init_lora_weights"] != false || c.has("other/adapter_config.json") || config["use_dora"] == true) {
+      continue;
+    }
+    WarningCapture warnings;
+    VectorModel model = base_model(c);
+    torch::manual_seed(1234);
+    peft::inject_adapter_in_model(*peft::load_config((c.dir / "adapter_config.json").string()), model);
+    const peft::StateDict ours = peft::get_peft_model_state_dict(*model);
+    for (const auto& item : c.tensors("peft_state_dict.safetensors")) {
+      const at::Tensor* t = ours.find(item.key());
+      ASSERT_TRUE(t) << name << ": " << item.key();
+      EXPECT_TRUE(torch::equal(*t, item.value())) << name << ": " << item.key();
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 5);
+}
+
 }  // namespace
 }  // namespace peft_test

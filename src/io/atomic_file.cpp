@@ -7,8 +7,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include <peft/error.h>
 
@@ -81,15 +79,6 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   AtomicFileWriter writer(path);
   writer.write(bytes.data(), bytes.size());
   writer.commit();
-}
-
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FileFormatError("cannot open '" + path + "'");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw FileFormatError("cannot read '" + path + "'");
-  return text.str();
 }
 
 }  // namespace peft::detail

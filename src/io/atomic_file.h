@@ -26,7 +26,4 @@ class AtomicFileWriter {
 /// Writes `bytes` with an AtomicFileWriter.
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
-/// The whole file; throws FileFormatError when it cannot be read.
-std::string read_whole_file(const std::string& path);
-
 }  // namespace peft::detail

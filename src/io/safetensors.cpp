@@ -188,10 +188,11 @@ Header parse_header(const uint8_t* data, uint64_t file_size, const std::string& 
   return out;
 }
 
-void check_bools(const Entry& e, const uint8_t* data, const std::string& source) {
+// `bytes` holds the tensor's data (e.end - e.begin bytes).
+void check_bools(const Entry& e, const uint8_t* bytes, const std::string& source) {
   if (e.dtype->type != at::kBool) return;
-  for (uint64_t i = e.begin; i < e.end; ++i) {
-    if (data[i] > 1) bad(source, "BOOL tensor '" + e.name + "' holds a byte other than 0 or 1");
+  for (uint64_t i = 0; i < e.end - e.begin; ++i) {
+    if (bytes[i] > 1) bad(source, "BOOL tensor '" + e.name + "' holds a byte other than 0 or 1");
   }
 }
 
@@ -240,7 +241,7 @@ StateDict tensors_from(const Header& header, const uint8_t* file, const std::str
   StateDict out;
   const uint8_t* data = file + header.data_start;
   for (const Entry& e : header.entries) {
-    check_bools(e, data, source);
+    check_bools(e, data + e.begin, source);
     const uint8_t* begin = data + e.begin;
     const bool aligned = reinterpret_cast<uintptr_t>(begin) % e.dtype->size == 0;
     at::Tensor tensor;
@@ -256,6 +257,42 @@ StateDict tensors_from(const Header& header, const uint8_t* file, const std::str
   return out;
 }
 
+// Without mmap: the header, then each tensor read straight into its own memory (one copy, no staging buffer).
+StateDict read_tensors(const std::string& path) {
+  FileDescriptor fd(path);
+  struct stat st {};
+  if (fstat(fd.get(), &st) != 0) throw FileFormatError("cannot stat '" + path + "': " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw FileFormatError("'" + path + "' is not a regular file");
+  const auto size = static_cast<uint64_t>(st.st_size);
+  auto read_at = [&](void* into, uint64_t count, uint64_t offset) {
+    auto* out = static_cast<uint8_t*>(into);
+    while (count > 0) {
+      const ssize_t n = ::pread(fd.get(), out, count, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw FileFormatError("cannot read '" + path + "': " + (n == 0 ? std::string("unexpected end of file") : std::strerror(errno)));
+      out += n, offset += static_cast<uint64_t>(n), count -= static_cast<uint64_t>(n);
+    }
+  };
+  std::vector<uint8_t> head(8);
+  if (size < 8) bad(path, "only " + std::to_string(size) + " bytes, too short for the 8-byte header length");
+  read_at(head.data(), 8, 0);
+  const uint64_t header_size = read_u64_le(head.data());
+  if (header_size <= kMaxHeaderBytes && header_size <= size - 8) {
+    head.resize(8 + header_size);
+    read_at(head.data() + 8, header_size, 8);
+  }
+  const Header header = parse_header(head.data(), size, path);  // rejects the lengths skipped above
+  StateDict out;
+  for (const Entry& e : header.entries) {
+    at::Tensor tensor = at::empty(e.shape, at::TensorOptions().dtype(e.dtype->type));
+    if (e.end > e.begin) read_at(tensor.data_ptr(), e.end - e.begin, header.data_start + e.begin);
+    check_bools(e, static_cast<const uint8_t*>(tensor.data_ptr()), path);
+    if (out.contains(e.name)) bad(path, "tensor '" + e.name + "' appears twice");
+    out.insert(e.name, std::move(tensor));
+  }
+  return out;
+}
+
 }  // namespace
 
 StateDict load_file(const std::string& path, const LoadOptions& options) {
@@ -265,9 +302,7 @@ StateDict load_file(const std::string& path, const LoadOptions& options) {
     const Header header = parse_header(file, mapping->size, path);
     return tensors_from(header, file, path, mapping);
   }
-  const std::string bytes = detail::read_whole_file(path);
-  const auto* file = reinterpret_cast<const uint8_t*>(bytes.data());
-  return tensors_from(parse_header(file, bytes.size(), path), file, path, nullptr);
+  return read_tensors(path);
 }
 
 Metadata load_metadata(const std::string& path) {

@@ -58,9 +58,13 @@ std::optional<at::Tensor> initialise(const InitLoraWeights& init, const BaseLaye
     }
     return std::nullopt;
   }
-  // Linear and conv layers start from LibTorch's default layer init (Python's nn.Linear/nn.ConvNd init).
-  default_init(A, at::Tensor());
-  default_init(B, B_bias);
+  // Linear and conv layers start from LibTorch's default layer init (Python's nn.Linear/nn.ConvNd init),
+  // drawn once per layer in Python's order, so a seed gives Python's values. Conv layers got it from their
+  // constructor; linear ones are built as uninitialised shells and get it here.
+  if (!base.is_conv()) {
+    default_init(A, at::Tensor());
+    default_init(B, B_bias);
+  }
   if (!init.enabled()) return std::nullopt;
   const std::string& method = init.method();
   if (base.is_conv() && !(init.is_bool() || method == "gaussian" || method == "lora_ga")) {

@@ -1,0 +1,141 @@
+// Turns a peft_bench JSON run (--benchmark_format=json) and a peft_bench_memory result into bench/README.md's
+// table: benchmark, Python PEFT, peft-cpp, ratio, target, met.
+//
+//   peft_bench_report BENCH_JSON MEMORY_JSON
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+std::map<std::string, nlohmann::json> runs;
+
+// By name, ignoring Google Benchmark's suffixes ("/manual_time", "/repeats:5"); for repeated benchmarks
+// the median.
+const nlohmann::json& get(const std::string& name) {
+  const nlohmann::json* found = nullptr;
+  for (const auto& [key, value] : runs) {
+    if (key != name && key.compare(0, name.size() + 1, name + "/") != 0) continue;
+    const bool median = key.size() > 7 && key.compare(key.size() - 7, 7, "_median") == 0;
+    if (median) return value;
+    if (!found) found = &value;
+  }
+  if (!found) throw std::runtime_error("benchmark '" + name + "' missing from the run");
+  return *found;
+}
+
+double time_of(const std::string& name) { return get(name)["real_time"].get<double>(); }
+
+std::string fixed(double value, int digits) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(digits);
+  os << value;
+  return os.str();
+}
+
+void row(const std::string& what, const std::string& python, const std::string& ours, const std::string& ratio,
+         const std::string& target, bool met) {
+  std::cout << "| " << what << " | " << python << " | " << ours << " | " << ratio << " | " << target << " | "
+            << (met ? "yes" : "**no**") << " |\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::cerr << "usage: peft_bench_report BENCH_JSON MEMORY_JSON\n";
+    return 1;
+  }
+  const nlohmann::json bench = nlohmann::json::parse(std::ifstream(argv[1]));
+  for (const auto& b : bench["benchmarks"]) runs[b["name"].get<std::string>()] = b;
+  const nlohmann::json memory = nlohmann::json::parse(std::ifstream(argv[2]));
+
+  std::cout << "| benchmark | Python PEFT | peft-cpp | ratio | target | met |\n|---|---|---|---|---|---|\n";
+  const std::vector<std::pair<std::string, std::string>> injections = {
+      {"Inject/llama7b_meta_low_cpu/manual_time", "inject 7B, meta base, low_cpu_mem_usage"},
+      {"Inject/llama7b_meta/manual_time", "inject 7B, meta base"},
+      {"Inject/llama7b_cpu_low_cpu/manual_time", "inject 7B, CPU base, low_cpu_mem_usage"},
+      {"Inject/llama7b_cpu/manual_time", "inject 7B, CPU base (adapters allocated + initialised)"},
+      {"Inject/small_cpu_filled_low_cpu/manual_time", "inject 8x1024, filled CPU base, low_cpu_mem_usage"},
+      {"Inject/small_cpu_filled/manual_time", "inject 8x1024, filled CPU base"}};
+  for (const auto& [name, what] : injections) {
+    const auto& b = get(name);
+    const double speedup = b["speedup_vs_python"].get<double>();
+    std::string ours = fixed(b["ms"].get<double>(), 2) + " ms";
+    // Where the adapters get real, initialised memory, the floor is allocating + drawing their values.
+    const bool initialised = name == "Inject/llama7b_cpu/manual_time" || name == "Inject/small_cpu_filled/manual_time";
+    if (initialised) {
+      const double floor = time_of(name.find("llama7b") != std::string::npos ? "AdapterInitBaseline/llama7b" : "AdapterInitBaseline/small");
+      ours += " (allocating + initialising the adapter alone: " + fixed(floor, 2) + " ms)";
+    }
+    row(what, fixed(b["python_ms"].get<double>(), 1) + " ms", ours, fixed(speedup, 1) + "x faster", ">= 30x", speedup >= 30);
+  }
+  for (const auto& [name, what] : std::vector<std::pair<std::string, std::string>>{
+           {"GetStateDict", "get_peft_model_state_dict 7B (448 tensors)"},
+           {"SetStateDict/llama7b_low_cpu", "set_peft_model_state_dict 7B, low_cpu_mem_usage (adopts)"},
+           {"SetStateDict/llama7b", "set_peft_model_state_dict 7B (copies)"}}) {
+    const auto& b = get(name);
+    const double speedup = b["speedup_vs_python"].get<double>();
+    std::string ours = fixed(b["ms"].get<double>(), 2) + " ms";
+    if (b.contains("zero_copy")) ours += b["zero_copy"].get<double>() > 0 ? ", zero-copy" : ", copied";
+    if (name == "SetStateDict/llama7b") ours += " (memcpy of the 160 MB: " + fixed(time_of("MemcpyBaseline"), 2) + " ms)";
+    row(what, fixed(b["python_ms"].get<double>(), 1) + " ms", ours, fixed(speedup, 1) + "x faster", ">= 10x", speedup >= 10);
+  }
+  const double memcpy_bps = get("MemcpyBaseline")["bytes_per_second"].get<double>();
+  for (const auto& [name, what] : std::vector<std::pair<std::string, std::string>>{
+           {"LoadAdapterFile/mmap", "load 160 MB adapter file (mmap) + set_peft_model_state_dict"},
+           {"LoadAdapterFile/read", "load 160 MB adapter file (read) + set_peft_model_state_dict"}}) {
+    const double bps = get(name)["bytes_per_second"].get<double>();
+    row(what, "-", fixed(bps / 1e9, 2) + " GB/s (memcpy " + fixed(memcpy_bps / 1e9, 2) + " GB/s)",
+        fixed(bps / memcpy_bps, 2) + "x memcpy", ">= 0.8x memcpy", bps / memcpy_bps >= 0.8);
+  }
+  // LoRA r=16 on 4096x4096 adds 2 * 16 * (4096 + 4096) flops per token to 2 * 4096 * 4096.
+  const double flop_share = 16.0 * (4096 + 4096) / (4096.0 * 4096.0);
+  for (const char* tokens : {"8x128", "1_token"}) {
+    const std::string t = tokens;
+    const double plain = time_of("Linear4096/plain_" + t), unmerged = time_of("Linear4096/lora_unmerged_" + t),
+                 merged = time_of("Linear4096/lora_merged_" + t);
+    const std::string unit = get("Linear4096/plain_" + t)["time_unit"];
+    const bool batch = t == "8x128";
+    std::string floor;
+    if (batch) floor = "; the two rank-16 GEMMs alone: " + fixed(time_of("LoraGemmsAlone"), 2) + " ms";
+    row("Linear(4096) LoRA r=16 unmerged, " + t, "see TIMINGS.md (c)",
+        fixed(unmerged, 2) + " vs plain " + fixed(plain, 2) + " " + unit + floor, "+" + fixed((unmerged / plain - 1) * 100, 2) + " %",
+        batch ? "<= +" + fixed(1.5 * flop_share * 100, 2) + " % (1.5x the flop share)" : "report",
+        !batch || unmerged / plain - 1 <= 1.5 * flop_share);
+    row("Linear(4096) LoRA merged, " + t, "-", fixed(merged, 2) + " vs plain " + fixed(plain, 2) + " " + unit,
+        fixed((merged / plain - 1) * 100, 2) + " %", "equal within noise (5 %)", std::abs(merged / plain - 1) <= 0.05);
+  }
+  {
+    const double plain = time_of("SmallLayers/plain"), lora = time_of("SmallLayers/lora_unmerged");
+    row("7B tree at hidden 256, 1 token, LoRA on all 224 projections", "-",
+        fixed(lora, 0) + " vs plain " + fixed(plain, 0) + " us", fixed(lora / plain, 2) + "x", "report", true);
+    const double direct = time_of("RoutingWithoutAdapter/libtorch_forward"),
+                 routed = time_of("RoutingWithoutAdapter/routed_forward");
+    row("Linear(256) call on a layer without adapter: routed vs LibTorch's forward", "-",
+        fixed(routed, 0) + " vs " + fixed(direct, 0) + " ns", "+" + fixed((routed / direct - 1) * 100, 2) + " %", "< 1 %",
+        routed / direct - 1 < 0.01);
+  }
+  {
+    const double one = get("MixedBatch/1")["items_per_second"].get<double>();
+    for (const char* k : {"8", "64"}) {
+      const double mixed = get(std::string("MixedBatch/") + k)["items_per_second"].get<double>();
+      const bool eight = std::string(k) == "8";
+      row(std::string("64 rows over ") + k + " adapters vs one adapter", "-",
+          fixed(mixed, 0) + " vs " + fixed(one, 0) + " rows/s", fixed(mixed / one, 2) + "x", eight ? ">= 0.8x" : "report",
+          !eight || mixed / one >= 0.8);
+    }
+  }
+  const double growth = memory["growth_over_adapter"].get<double>();
+  row("peak RSS growth, inject + load 7B adapter (low_cpu_mem_usage)", "443 MiB peak (incl. 263 MiB torch)",
+      std::to_string(memory["growth_kb"].get<int64_t>() / 1024) + " MiB for a " +
+          std::to_string(memory["adapter_kb"].get<int64_t>() / 1024) + " MiB adapter",
+      fixed(growth, 2) + "x adapter", "<= 1.10x adapter", growth <= 1.10);
+  return 0;
+}

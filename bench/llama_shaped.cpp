@@ -1,0 +1,42 @@
+#include "llama_shaped.h"
+
+#include "core/tensor_slots.h"
+
+namespace peft_bench {
+
+const std::vector<std::string> kProjections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
+LlamaShapedImpl::LlamaShapedImpl(int64_t layers, int64_t hidden, int64_t intermediate, BaseWeights weights) {
+  const auto options = torch::TensorOptions().device(weights == BaseWeights::Meta ? torch::kMeta : torch::kCPU);
+  auto model = register_module("model", std::make_shared<torch::nn::Module>());
+  auto list = model->register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < layers; ++i) {
+    auto layer = std::make_shared<torch::nn::Module>();
+    auto attn = layer->register_module("self_attn", std::make_shared<torch::nn::Module>());
+    auto mlp = layer->register_module("mlp", std::make_shared<torch::nn::Module>());
+    auto make = [&](torch::nn::Module& parent, const std::string& name, int64_t in, int64_t out) {
+      // Uninitialised shells (what to_empty gives in Python); Filled writes values below.
+      torch::nn::Linear linear(peft::detail::make_linear(in, out, false, options));
+      if (weights == BaseWeights::Filled) {
+        torch::NoGradGuard no_grad;
+        linear->weight.normal_(0, 0.02);
+      }
+      return parent.register_module(name, linear);
+    };
+    projections.push_back({make(*attn, "q_proj", hidden, hidden), make(*attn, "k_proj", hidden, hidden),
+                           make(*attn, "v_proj", hidden, hidden), make(*attn, "o_proj", hidden, hidden),
+                           make(*mlp, "gate_proj", hidden, intermediate), make(*mlp, "up_proj", hidden, intermediate),
+                           make(*mlp, "down_proj", intermediate, hidden)});
+    list->push_back(layer);
+  }
+}
+
+torch::Tensor LlamaShapedImpl::forward(torch::Tensor x) {
+  for (auto& p : projections) {
+    x = p[3](p[0](x) + p[1](x) + p[2](x));
+    x = p[6](p[4](x) * p[5](x));
+  }
+  return x;
+}
+
+}  // namespace peft_bench

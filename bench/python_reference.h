@@ -1,0 +1,18 @@
+#pragma once
+
+// Python PEFT's figures from ../shared/vectors/TIMINGS.md (same machine type, torch 1.13.1, 2 threads),
+// in milliseconds, for the speedup counters.
+
+namespace peft_bench::python_ms {
+
+constexpr double kInject7bMetaLowCpu = 212.9;
+constexpr double kInject7bMeta = 423.5;
+constexpr double kInject7bCpuLowCpu = 167.6;
+constexpr double kInject7bCpu = 521.9;
+constexpr double kInjectSmallCpuLowCpu = 44.5;
+constexpr double kInjectSmallCpu = 57.4;
+constexpr double kGetStateDict7b = 16.0;
+constexpr double kSetStateDict7bLowCpu = 54.0;
+constexpr double kSetStateDict7b = 52.1;
+
+}  // namespace peft_bench::python_ms
