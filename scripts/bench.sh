@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the benchmarks (Release), runs all six, and rewrites the results table in bench/README.md.
-# Takes about 10 minutes on 2 cores.
+# Takes about 8 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

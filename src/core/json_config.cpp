@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <sstream>
 
 #include <c10/util/Exception.h>
@@ -24,6 +26,23 @@ std::string describe(const json& value) {
   std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
   if (text.size() > 80) text = text.substr(0, 77) + "...";
   return text;
+}
+
+// A JSON number with an integral value that fits int64 (Python writes some integers as 8.0), else nullopt.
+// Converting an out-of-range double or uint64 would be undefined or wrap into a plausible-looking value.
+std::optional<int64_t> integral_value(const json& v) {
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    constexpr double kLimit = 9223372036854775808.0;  // 2^63, exactly representable
+    if (std::isfinite(d) && d >= -kLimit && d < kLimit && std::trunc(d) == d) return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
 }
 
 // Python PEFT's prompt-learning methods: they are not injected into layers.
@@ -59,12 +78,8 @@ bool JsonConfigReader::get_bool(const std::string& key, bool fallback) {
 int64_t JsonConfigReader::get_int(const std::string& key, int64_t fallback) {
   const json* v = lookup(key);
   if (!v) return fallback;
-  if (v->is_number_integer()) return v->get<int64_t>();
-  if (v->is_number_float()) {
-    const double d = v->get<double>();
-    if (d == static_cast<double>(static_cast<int64_t>(d))) return static_cast<int64_t>(d);
-  }
-  fail(key, "must be an integer, got " + describe(*v));
+  if (const std::optional<int64_t> value = integral_value(*v)) return *value;
+  fail(key, "must be an integer (at most 2^63 - 1 in magnitude), got " + describe(*v));
 }
 
 double JsonConfigReader::get_number(const std::string& key, double fallback) {
@@ -111,12 +126,15 @@ std::optional<std::vector<std::string>> JsonConfigReader::get_string_or_list(con
 std::optional<std::vector<int64_t>> JsonConfigReader::get_int_or_list(const std::string& key) {
   const json* v = lookup(key);
   if (!v) return std::nullopt;
-  if (v->is_number_integer()) return std::vector<int64_t>{v->get<int64_t>()};
+  if (v->is_number()) {
+    if (const std::optional<int64_t> value = integral_value(*v)) return std::vector<int64_t>{*value};
+  }
   if (!v->is_array()) fail(key, "must be an integer, a list of integers or null, got " + describe(*v));
   std::vector<int64_t> out;
   for (const json& item : *v) {
-    if (!item.is_number_integer()) fail(key, "must be a list of integers, got an element " + describe(item));
-    out.push_back(item.get<int64_t>());
+    const std::optional<int64_t> value = integral_value(item);
+    if (!value) fail(key, "must be a list of integers, got an element " + describe(item));
+    out.push_back(*value);
   }
   return out;
 }
@@ -156,8 +174,9 @@ PatternMap<int64_t> JsonConfigReader::get_int_map(const std::string& key) {
   // nlohmann::json keeps object keys sorted; Python keeps insertion order. Both orders agree whenever
   // at most one key matches a module, which is how these patterns are meant to be written.
   for (auto it = v->begin(); it != v->end(); ++it) {
-    if (!it.value().is_number_integer()) fail(key, "value for '" + it.key() + "' must be an integer, got " + describe(it.value()));
-    out.emplace_back(it.key(), it.value().get<int64_t>());
+    const std::optional<int64_t> value = integral_value(it.value());
+    if (!value) fail(key, "value for '" + it.key() + "' must be an integer, got " + describe(it.value()));
+    out.emplace_back(it.key(), *value);
   }
   return out;
 }

@@ -1,5 +1,6 @@
 // peft-cpp inspect: what an adapter checkpoint holds.
 
+#include <limits>
 #include <map>
 #include <set>
 
@@ -125,7 +126,9 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     peft::PatternMap<double> alpha_pattern;
     if (fields.contains("rank_pattern") && fields["rank_pattern"].is_object()) {
       for (const auto& [k, v] : fields["rank_pattern"].items()) {
-        if (v.is_number_integer()) rank_pattern.emplace_back(k, v.get<int64_t>());
+        if (v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))) {
+          rank_pattern.emplace_back(k, v.get<int64_t>());
+        }
       }
     }
     if (fields.contains("alpha_pattern") && fields["alpha_pattern"].is_object()) {
