@@ -38,6 +38,15 @@ std::string error_of(const std::string& bytes) {
   return "<accepted>";
 }
 
+std::string file_error_of(const fs::path& file, bool mmap) {
+  try {
+    peft::safetensors::load_file(file.string(), {mmap});
+  } catch (const peft::FileFormatError& e) {
+    return e.what();
+  }
+  return "<accepted>";
+}
+
 TEST(Safetensors, EveryDtypeRoundTrips) {
   peft::StateDict sd;
   sd.insert("f64", torch::randn({2, 3}, torch::kDouble));
@@ -139,9 +148,15 @@ TEST(Safetensors, RejectsMalformedFiles) {
       {file_with(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", data), "more than 2^64"},
       {file_with(R"({"a":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", std::string("\x01\x02", 2)), "other than 0 or 1"},
   };
+  // Every reader sees the same checks: bytes in memory, a mapped file, and a file read without mmap.
+  const fs::path file = temp_dir() / "malformed.safetensors";
   for (const auto& [bytes, expected] : cases) {
-    const std::string message = error_of(bytes);
-    EXPECT_NE(message.find(expected), std::string::npos) << "expected '" << expected << "', got: " << message;
+    std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+    for (const auto& [reader, message] : {std::pair<const char*, std::string>{"bytes", error_of(bytes)},
+                                          {"mmap", file_error_of(file, true)},
+                                          {"read", file_error_of(file, false)}}) {
+      EXPECT_NE(message.find(expected), std::string::npos) << reader << ": expected '" << expected << "', got: " << message;
+    }
   }
 }
 
