@@ -8,6 +8,7 @@
 
 #include <peft/error.h>
 
+#include "tuners/common/config_checks.h"
 #include "tuners/common/conv_functional.h"
 
 namespace peft::detail {
@@ -38,17 +39,21 @@ at::Tensor LycorisLayer::forward_active(torch::nn::Module& base, const at::Tenso
   return result.scalar_type() == previous_dtype ? result : result.to(previous_dtype);
 }
 
+void LycorisSettings::fill(LycorisRecord& record, const std::string& module_name) const {
+  record.r = ranks_.lookup(module_name, r_);
+  record.alpha = alphas_.lookup(module_name, alpha_);
+  check_positive("r", record.r);
+  record.scaling = record.alpha / static_cast<double>(record.r);
+  record.rank_dropout = rank_dropout_;
+  record.module_dropout = module_dropout_;
+}
+
 void validate_lycoris(int64_t r, double rank_dropout, double module_dropout,
                       const PatternMap<int64_t>& rank_pattern) {
-  if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
-  for (const auto& [key, rank] : rank_pattern) {
-    if (rank <= 0) {
-      throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(rank) +
-                        " (rank_pattern['" + key + "'])");
-    }
-  }
-  if (!(rank_dropout >= 0 && rank_dropout <= 1)) throw ConfigError("`rank_dropout` must be in [0, 1]");
-  if (!(module_dropout >= 0 && module_dropout <= 1)) throw ConfigError("`module_dropout` must be in [0, 1]");
+  check_positive("r", r);
+  check_positive_pattern("rank_pattern", rank_pattern);
+  check_probability("rank_dropout", rank_dropout);
+  check_probability("module_dropout", module_dropout);
 }
 
 }  // namespace peft::detail

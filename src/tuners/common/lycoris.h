@@ -33,12 +33,21 @@ class LycorisLayer : public DictAdapterLayer {
                             BaseForward base_forward) override;
 };
 
-/// r and alpha of one module from the config's rank_pattern / alpha_pattern.
-struct LycorisRanks {
-  LycorisRanks(const PatternMap<int64_t>& ranks, const PatternMap<double>& alphas)
-      : ranks_(ranks, "rank_pattern"), alphas_(alphas, "alpha_pattern") {}
+/// What a LoHa / LoKr config decides for each module's adapter: r and alpha (rank_pattern / alpha_pattern
+/// resolved), scaling and the dropouts.
+class LycorisSettings {
+ public:
+  template <class Config>
+  explicit LycorisSettings(const Config& c)
+      : ranks_(c.rank_pattern(), "rank_pattern"), alphas_(c.alpha_pattern(), "alpha_pattern"), r_(c.r()),
+        alpha_(c.alpha()), rank_dropout_(c.rank_dropout()), module_dropout_(c.module_dropout()) {}
+  void fill(LycorisRecord& record, const std::string& module_name) const;
+
+ private:
   PatternLookup<int64_t> ranks_;
   PatternLookup<double> alphas_;
+  int64_t r_;
+  double alpha_, rank_dropout_, module_dropout_;
 };
 
 /// kaiming_uniform(a=sqrt(5)), PyTorch's default weight init, in place.

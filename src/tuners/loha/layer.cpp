@@ -53,22 +53,16 @@ class LoHaLayer final : public LycorisLayer {
 
 class LoHaPlanner final : public LayerPlanner {
  public:
-  explicit LoHaPlanner(const LoHaConfig& config) : config_(config), ranks_(config.rank_pattern(), config.alpha_pattern()) {}
+  explicit LoHaPlanner(const LoHaConfig& config) : config_(config), settings_(config) {}
 
   std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
     if (!(base.kind == LayerKind::Linear || base.kind == LayerKind::Conv1d || base.kind == LayerKind::Conv2d)) {
       unsupported_layer("LoHa", *base.module, "`torch::nn::Linear`, `torch::nn::Conv1d`, `torch::nn::Conv2d`");
     }
-    const int64_t r = ranks_.ranks_.lookup(request.module_name, config_.r());
-    const double alpha = ranks_.alphas_.lookup(request.module_name, config_.alpha());
-    if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
     auto record = std::make_shared<Record>(request.adapter_name);
-    record->r = r;
-    record->alpha = alpha;
-    record->scaling = alpha / static_cast<double>(r);
-    record->rank_dropout = config_.rank_dropout();
-    record->module_dropout = config_.module_dropout();
+    settings_.fill(*record, request.module_name);
+    const int64_t r = record->r;
     record->rank_dropout_scale = true;  // LoHa always rescales the kept rows
 
     const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
@@ -104,7 +98,7 @@ class LoHaPlanner final : public LayerPlanner {
 
  private:
   const LoHaConfig& config_;
-  LycorisRanks ranks_;
+  LycorisSettings settings_;
 };
 
 class LoHaTuner final : public Tuner {

@@ -72,22 +72,16 @@ class LoKrLayer final : public LycorisLayer {
 
 class LoKrPlanner final : public LayerPlanner {
  public:
-  explicit LoKrPlanner(const LoKrConfig& config) : config_(config), ranks_(config.rank_pattern(), config.alpha_pattern()) {}
+  explicit LoKrPlanner(const LoKrConfig& config) : config_(config), settings_(config) {}
 
   std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
     if (!(base.kind == LayerKind::Linear || base.kind == LayerKind::Conv1d || base.kind == LayerKind::Conv2d)) {
       unsupported_layer("LoKr", *base.module, "`torch::nn::Linear`, `torch::nn::Conv1d`, `torch::nn::Conv2d`");
     }
-    const int64_t r = ranks_.ranks_.lookup(request.module_name, config_.r());
-    const double alpha = ranks_.alphas_.lookup(request.module_name, config_.alpha());
-    if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
     auto record = std::make_shared<Record>(request.adapter_name);
-    record->r = r;
-    record->alpha = alpha;
-    record->scaling = alpha / static_cast<double>(r);
-    record->rank_dropout = config_.rank_dropout();
-    record->module_dropout = config_.module_dropout();
+    settings_.fill(*record, request.module_name);
+    const int64_t r = record->r;
     record->rank_dropout_scale = config_.rank_dropout_scale();
 
     // shape = ((a, b), (c, d), *kernel): out = a * b, in = c * d.
@@ -139,7 +133,7 @@ class LoKrPlanner final : public LayerPlanner {
 
  private:
   const LoKrConfig& config_;
-  LycorisRanks ranks_;
+  LycorisSettings settings_;
 };
 
 class LoKrTuner final : public Tuner {
