@@ -1,6 +1,6 @@
 #include "llama_shaped.h"
 
-#include "core/tensor_slots.h"
+#include <peft/layers.h>
 
 namespace peft_bench {
 
@@ -16,7 +16,7 @@ LlamaShapedImpl::LlamaShapedImpl(int64_t layers, int64_t hidden, int64_t interme
     auto mlp = layer->register_module("mlp", std::make_shared<torch::nn::Module>());
     auto make = [&](torch::nn::Module& parent, const std::string& name, int64_t in, int64_t out) {
       // Uninitialised shells (what to_empty gives in Python); Filled writes values below.
-      torch::nn::Linear linear(peft::detail::make_linear(in, out, false, options));
+      torch::nn::Linear linear = peft::empty_linear(torch::nn::LinearOptions(in, out).bias(false), options);
       if (weights == BaseWeights::Filled) {
         torch::NoGradGuard no_grad;
         linear->weight.normal_(0, 0.02);

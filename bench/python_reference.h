@@ -1,6 +1,6 @@
 #pragma once
 
-// Python PEFT's figures from ../shared/vectors/TIMINGS.md (same machine type, torch 1.13.1, 2 threads),
+// Python PEFT's figures from tests/data/vectors/TIMINGS.md (same machine type, torch 1.13.1, 2 threads),
 // in milliseconds, for the speedup counters.
 
 namespace peft_bench::python_ms {

@@ -36,13 +36,13 @@ int main(int argc, char** argv) {
   const auto ids = torch::tensor({{0, 1, 2, 3, 4, 5, 6, 7}});
   const auto before = model->forward(ids);
 
-  model = peft::inject_adapter_in_model(cfg, model);
+  peft::inject_adapter_in_model(cfg, model);  // in place: model now carries the adapter
   std::cout << *model << "\n\n";
   const auto after = model->forward(ids);
   std::cout << "output changed by the adapter: max |after - before| = " << (after - before).abs().max().item<float>()
             << "\n";
 
-  peft::StateDict sd = peft::get_peft_model_state_dict(*model);
+  peft::StateDict sd = peft::get_peft_model_state_dict(model);
   std::cout << "adapter state dict:";
   for (const auto& item : sd) std::cout << " " << item.key() << " " << item.value().sizes();
   std::cout << "\n";
@@ -54,8 +54,8 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   DummyModel fresh;
   fresh->eval();
-  fresh = peft::inject_adapter_in_model(cfg, fresh);
-  peft::LoadResult outcome = peft::set_peft_model_state_dict(*fresh, peft::safetensors::load_file(file));
+  peft::inject_adapter_in_model(cfg, fresh);
+  peft::LoadResult outcome = peft::set_peft_model_state_dict(fresh, peft::safetensors::load_file(file));
   std::cout << "loaded: " << outcome.missing_keys.size() << " missing keys, " << outcome.unexpected_keys.size()
             << " unexpected keys\n";
   const auto reloaded = fresh->forward(ids);

@@ -2,7 +2,7 @@
 # run_fuzzer.sh FUZZER VECTORS_DIR SEED_GLOB CORPUS_DIR SECONDS [REGRESSIONS_DIR]
 # Seeds CORPUS_DIR from the reference vectors and from inputs that once failed (kept between runs, so it
 # grows), then fuzzes for SECONDS.
-# Long runs: fuzz/run_fuzzer.sh build/sanitize/fuzz/safetensors_fuzzer ../shared/vectors "*.safetensors" corpus 3600
+# Long runs: fuzz/run_fuzzer.sh build/sanitize/fuzz/safetensors_fuzzer tests/data/vectors "*.safetensors" corpus 3600
 set -euo pipefail
 fuzzer=$1 vectors=$2 glob=$3 corpus=$4 seconds=$5 regressions=${6:-}
 mkdir -p "$corpus"

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "support/layers.h"
 #include "support/vectors.h"
 #include "support/warnings.h"
 
@@ -12,10 +13,10 @@ namespace {
 namespace fs = std::filesystem;
 
 struct NetImpl : torch::nn::Module {
-  torch::nn::Linear lin0{nullptr}, lin1{nullptr};
+  nn::Linear lin0{nullptr}, lin1{nullptr};
   NetImpl() {
-    lin0 = register_module("lin0", torch::nn::Linear(12, 16));
-    lin1 = register_module("lin1", torch::nn::Linear(16, 4));
+    lin0 = register_module("lin0", nn::Linear(12, 16));
+    lin1 = register_module("lin1", nn::Linear(16, 4));
   }
   torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(lin0(x))); }
 };

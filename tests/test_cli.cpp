@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/tuner_registry.h"
 #include "support/vectors.h"
 
 #ifndef PEFT_CLI_BINARY
@@ -80,7 +79,7 @@ std::vector<std::string> merge_cases() {
   for (const auto& entry : fs::directory_iterator(vectors_dir())) {
     if (!fs::exists(entry.path() / "merged_model.safetensors")) continue;
     const std::string type = VectorCase::load(entry.path().filename().string()).json("adapter_config.json")["peft_type"];
-    if (peft::detail::find_tuner_for(type)) out.push_back(entry.path().filename().string());
+    if (supported(type)) out.push_back(entry.path().filename().string());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -205,7 +204,7 @@ TEST(Cli, InspectWarnsAboutInconsistentShapes) {
   peft::safetensors::save_file(weights, (scratch / "adapter_model.safetensors").string());
   const CliRun r = run("inspect " + q(scratch.path()));
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("warning:     lin0: lora_A has rank 8 but lora_B has 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("warning:     lin0: lora_A.weight has rank 8 but lora_B.weight has 3"), std::string::npos) << r.out;
 }
 
 TEST(Cli, ConvertRewritesInjectStyleStateDictsAndDtypes) {

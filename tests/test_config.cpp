@@ -62,7 +62,7 @@ TEST(LoraConfig, TargetModulesForms) {
 }
 
 TEST(LoraConfig, ValidationUsesPythonMessages) {
-  // Texts from shared/vectors/errors/errors.json.
+  // Texts from tests/data/vectors/errors/errors.json.
   EXPECT_EQ(error_of([] { peft::LoraConfig().r(0).target_modules({"lin0"}).validate(); }),
             "`r` should be a positive integer value but the value passed is 0");
   EXPECT_EQ(error_of([] { peft::LoraConfig().use_dora(true).lora_bias(true).target_modules({"lin0"}).validate(); }),

@@ -1,4 +1,4 @@
-// Every adapter method and its options on small models, beyond what shared/vectors covers: the adapter
+// Every adapter method and its options on small models, beyond what tests/data/vectors covers: the adapter
 // changes the output, merging reproduces the unmerged output and unmerging restores the weights, training
 // reaches every adapter tensor and no base tensor, save/load (and low_cpu_mem_usage) round-trips, the config
 // survives JSON, unsupported layers are refused without changes, and injecting from a state dict adapts the
@@ -6,7 +6,7 @@
 
 #include <filesystem>
 
-#include "core/model_adapters.h"
+#include "support/layers.h"
 #include "support/snapshot.h"
 #include "support/vector_model.h"
 #include "support/vectors.h"
@@ -19,12 +19,12 @@ namespace fs = std::filesystem;
 
 // x (3, 16) -> lin0 (16 -> 24) -> norm -> relu -> lin1 (24 -> 16)
 struct MlpImpl : torch::nn::Module {
-  torch::nn::Linear lin0{nullptr}, lin1{nullptr};
-  torch::nn::LayerNorm norm{nullptr};
+  nn::Linear lin0{nullptr}, lin1{nullptr};
+  nn::LayerNorm norm{nullptr};
   MlpImpl() {
-    lin0 = register_module("lin0", torch::nn::Linear(16, 24));
-    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({24})));
-    lin1 = register_module("lin1", torch::nn::Linear(24, 16));
+    lin0 = register_module("lin0", nn::Linear(16, 24));
+    norm = register_module("norm", nn::LayerNorm(torch::nn::LayerNormOptions({24})));
+    lin1 = register_module("lin1", nn::Linear(24, 16));
   }
   torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(norm(lin0(x)))); }
 };
@@ -32,10 +32,10 @@ TORCH_MODULE(Mlp);
 
 // x (2, 4, 6, 6) -> conv (4 -> 8, 3x3, padding 1) -> relu -> point (8 -> 4, 1x1)
 struct ConvNetImpl : torch::nn::Module {
-  torch::nn::Conv2d conv{nullptr}, point{nullptr};
+  nn::Conv2d conv{nullptr}, point{nullptr};
   ConvNetImpl() {
-    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).padding(1)));
-    point = register_module("point", torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 1)));
+    conv = register_module("conv", nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).padding(1)));
+    point = register_module("point", nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 1)));
   }
   torch::Tensor forward(const torch::Tensor& x) { return point(torch::relu(conv(x))); }
 };
@@ -43,10 +43,10 @@ TORCH_MODULE(ConvNet);
 
 // Layer types most methods cannot adapt: an embedding and transformers' Conv1D.
 struct OddLayersImpl : torch::nn::Module {
-  torch::nn::Embedding emb{nullptr};
+  nn::Embedding emb{nullptr};
   GPT2Conv1D conv1d{nullptr};
   OddLayersImpl() {
-    emb = register_module("emb", torch::nn::Embedding(10, 20));
+    emb = register_module("emb", nn::Embedding(10, 20));
     conv1d = register_module("conv1d", GPT2Conv1D(20, 20));
   }
   torch::Tensor forward(const torch::Tensor& x) { return conv1d(emb(x)); }
@@ -121,7 +121,7 @@ std::shared_ptr<peft::PeftConfig> config_of(const Variant& v) { return peft::con
 
 // Injects the variant and moves every adapter tensor away from its (often no-op) initial value.
 void inject(const Variant& v, torch::nn::Module& model) {
-  peft::detail::inject(*config_of(v), model, "default", false, std::nullopt, peft::detail::caller_probes());
+  peft::inject_adapter_in_model(*config_of(v), model);
   torch::NoGradGuard no_grad;
   torch::manual_seed(3);
   for (auto& param : model.named_parameters()) {
@@ -149,7 +149,7 @@ TEST_P(MethodVariants, AdapterChangesTheOutputAndMergeReproducesIt) {
   EXPECT_LT(max_abs_diff(run(v, *model), adapted), 1e-4);
   peft::merge_and_unload(*model);
   EXPECT_LT(max_abs_diff(run(v, *model), adapted), 1e-4);
-  EXPECT_TRUE(peft::detail::adapted_layers(*model).empty()) << "merge_and_unload left adapter layers behind";
+  EXPECT_TRUE(peft::targeted_module_names(model).empty()) << "merge_and_unload left adapter layers behind";
 }
 
 TEST_P(MethodVariants, TrainingReachesEveryAdapterTensorAndNoBaseTensor) {
@@ -188,8 +188,7 @@ TEST_P(MethodVariants, SaveAndLoadRoundTrip) {
     auto fresh = make_model(v);
     peft::LoadAdapterOptions options;
     options.low_cpu_mem_usage = low_cpu;
-    const peft::LoadResult result = peft::detail::load_adapter(*fresh, dir.string(), "default", options,
-                                                               peft::detail::caller_probes());
+    const peft::LoadResult result = peft::load_adapter(fresh, dir.string(), "default", options);
     EXPECT_TRUE(result.missing_keys.empty());
     EXPECT_TRUE(result.unexpected_keys.empty());
     EXPECT_LT(max_abs_diff(run(v, *fresh), adapted), 1e-5) << "low_cpu=" << low_cpu;
@@ -216,8 +215,7 @@ TEST_P(MethodVariants, StateDictInjectionAdaptsTheLayersItNames) {
   nlohmann::json json = v.config;
   json["target_modules"] = "not_a_layer";
   auto model = make_model(v);
-  peft::detail::inject(*peft::config_from_json_string(json.dump()), *model, "default", false, weights,
-                       peft::detail::caller_probes());
+  peft::inject_adapter_in_model(*peft::config_from_json_string(json.dump()), model, "default", false, weights);
   peft::set_peft_model_state_dict(*model, weights);
   std::vector<std::string> theirs, ours;
   for (const auto& item : peft::get_peft_model_state_dict(*source)) theirs.push_back(item.key());
@@ -242,8 +240,7 @@ TEST_P(UnsupportedLayers, AreRefusedAndTheModelIsUnchanged) {
   if (peft_type == "C3A") json["block_size"] = 4;
   if (peft_type == "OFT") json["oft_block_size"] = 4;
   try {
-    peft::detail::inject(*peft::config_from_json_string(json.dump()), *model, "default", false, std::nullopt,
-                         peft::detail::caller_probes());
+    peft::inject_adapter_in_model(*peft::config_from_json_string(json.dump()), model);
     ADD_FAILURE() << peft_type << " accepted " << layer;
   } catch (const peft::UnsupportedLayerError& e) {
     EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();

@@ -1,7 +1,6 @@
 // merge_into_weights: merging Python PEFT's adapters into their base checkpoints without building the
 // model reproduces Python's merge_and_unload weights (merged_model*.safetensors) for every vector case.
 
-#include "core/tuner_registry.h"
 #include "support/vectors.h"
 #include "support/warnings.h"
 
@@ -13,7 +12,7 @@ std::vector<std::string> merge_cases() {
   for (const auto& entry : std::filesystem::directory_iterator(vectors_dir())) {
     if (!std::filesystem::exists(entry.path() / "merged_model.safetensors")) continue;
     const std::string type = VectorCase::load(entry.path().filename().string()).json("adapter_config.json")["peft_type"];
-    if (peft::detail::find_tuner_for(type)) out.push_back(entry.path().filename().string());
+    if (supported(type)) out.push_back(entry.path().filename().string());
   }
   std::sort(out.begin(), out.end());
   return out;

@@ -1,4 +1,4 @@
-// Parity with Python PEFT for every LoRA case in shared/vectors: rebuild the model, load its base
+// Parity with Python PEFT for every LoRA case in tests/data/vectors: rebuild the model, load its base
 // weights, inject from adapter_config.json, load adapter_model.safetensors, and compare the outputs and
 // the adapter state dict with what Python PEFT computed.
 
@@ -30,8 +30,13 @@ std::string variant_name(const testing::TestParamInfo<Variant>& info) {
 std::vector<Variant> all_variants() {
   std::vector<Variant> out;
   for (const auto& name : cases_with_peft_type("LORA")) {
-    out.push_back({name, LayerStyle::Torch, false});
-    out.push_back({name, LayerStyle::Torch, true});
+    // torch::nn layers where this build routes their calls; the drop-ins everywhere.
+    if (kDefaultStyle == LayerStyle::Torch) {
+      out.push_back({name, LayerStyle::Torch, false});
+      out.push_back({name, LayerStyle::Torch, true});
+    } else {
+      out.push_back({name, LayerStyle::Peft, true});
+    }
     out.push_back({name, LayerStyle::Peft, false});
   }
   return out;

@@ -1,11 +1,10 @@
-// Parity with Python PEFT for every adapter method besides LoRA: for each case of shared/vectors whose
+// Parity with Python PEFT for every adapter method besides LoRA: for each case of tests/data/vectors whose
 // peft_type peft-cpp supports, load Python's adapter directory into the rebuilt model and compare the
 // output, the state dict, the merged weights and outputs, and the files save_adapter writes.
 
 #include <filesystem>
 #include <fstream>
 
-#include "core/tuner_registry.h"
 #include "support/snapshot.h"
 #include "support/vector_model.h"
 #include "support/vectors.h"
@@ -20,7 +19,7 @@ constexpr double kWeightAtol = 1e-6;
 
 std::vector<std::string> method_cases() {
   std::vector<std::string> out;
-  for (const auto& type : peft::detail::registered_peft_types()) {
+  for (const auto& type : peft::supported_peft_types()) {
     if (type == "LORA") continue;  // test_vectors_lora.cpp
     for (const auto& name : cases_with_peft_type(type)) out.push_back(name);
   }

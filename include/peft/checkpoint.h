@@ -9,7 +9,8 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
-#include <peft/detail/caller_probes.h>
+#include <peft/export.h>
+#include <peft/module_ref.h>
 #include <peft/state_dict.h>
 
 namespace peft {
@@ -18,7 +19,7 @@ namespace peft {
 /// true, peft_version naming this library) and `directory/adapter_model.safetensors` (keys prefixed
 /// `base_model.model.`, metadata {"format": "pt"}, the adapter's own dtype). An adapter other than "default"
 /// goes to `directory/<adapter_name>/`, as save_pretrained does. Each file is written atomically.
-void save_adapter(const torch::nn::Module& model, const std::string& directory,
+PEFT_API void save_adapter(ConstModuleRef model, const std::string& directory,
                   const std::string& adapter_name = "default");
 
 struct LoadAdapterOptions {
@@ -33,18 +34,11 @@ struct LoadAdapterOptions {
   std::optional<c10::ScalarType> dtype;
 };
 
-namespace detail {
-LoadResult load_adapter(torch::nn::Module& model, const std::string& directory, const std::string& adapter_name,
-                        const LoadAdapterOptions& options, const CallerProbes& probes);
-}  // namespace detail
-
 /// Reads an adapter directory (for an adapter other than "default", `directory/<adapter_name>/` when it
 /// exists, which is where save_adapter and Python's save_pretrained put it), injects the
 /// adapter under `adapter_name` and loads its weights. Everything that can fail (missing or malformed files,
 /// config values peft-cpp cannot honour, shapes that do not fit) fails before the model is changed.
-inline LoadResult load_adapter(torch::nn::Module& model, const std::string& directory,
-                               const std::string& adapter_name = "default", const LoadAdapterOptions& options = {}) {
-  return detail::load_adapter(model, directory, adapter_name, options, detail::caller_probes());
-}
+PEFT_API LoadResult load_adapter(ModuleRef model, const std::string& directory,
+                                 const std::string& adapter_name = "default", const LoadAdapterOptions& options = {});
 
 }  // namespace peft

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include <peft/export.h>
 #include <peft/target_modules.h>
 
 namespace peft {
@@ -21,7 +22,7 @@ template <class T>
 using PatternMap = std::vector<std::pair<std::string, T>>;
 
 /// An `init_weights`-style field: true, false, or the name of an initialisation method ("gaussian", ...).
-class InitWeights {
+class PEFT_API InitWeights {
  public:
   InitWeights(bool value = true) : is_bool_(true), bool_(value) {}  // NOLINT: implicit by design
   InitWeights(const char* method) : is_bool_(false), method_(method) {}  // NOLINT
@@ -45,17 +46,18 @@ class InitWeights {
 
 /// Base of every adapter config. Holds the fields all injectable methods share (which modules to adapt,
 /// which to train and save whole, inference mode); each method adds its own in a subclass.
-class PeftConfig {
+class PEFT_API PeftConfig {
  public:
   virtual ~PeftConfig() = default;
 
   /// Python PEFT's peft_type, e.g. "LORA".
   virtual std::string peft_type() const = 0;
   virtual std::shared_ptr<PeftConfig> clone() const = 0;
-  /// Checks what Python PEFT checks when a config is created; throws peft::ConfigError.
-  virtual void validate() const;
+  /// Checks what Python PEFT checks when a config is created (every field, and the method's combinations
+  /// of fields); throws peft::ConfigError.
+  void validate() const;
   /// "none", "all" or "<method>_only": which biases of the model are trained and saved with the adapter.
-  virtual std::string bias_mode() const { return "none"; }
+  std::string bias_mode() const;
 
   const TargetModules& target_modules() const noexcept { return target_modules_; }
   const TargetModules& exclude_modules() const noexcept { return exclude_modules_; }
@@ -89,12 +91,12 @@ class PeftConfig {
 };
 
 /// Prints the config as its JSON form, prefixed with the class name.
-std::ostream& operator<<(std::ostream& os, const PeftConfig& config);
+PEFT_API std::ostream& operator<<(std::ostream& os, const PeftConfig& config);
 
 /// Chaining setters for the shared fields, returning the concrete config type (LibTorch options style):
 /// `peft::LoraConfig().r(16).target_modules({"q_proj", "v_proj"}).modules_to_save({"lm_head"})`.
 template <class Derived>
-class TunerConfig : public PeftConfig {
+class PEFT_API MethodConfig : public PeftConfig {
  public:
   using PeftConfig::exclude_modules;
   using PeftConfig::inference_mode;
@@ -138,8 +140,11 @@ class TunerConfig : public PeftConfig {
 /// Reads Python PEFT's adapter_config.json (a file path). Only `peft_type` is required; missing fields take
 /// their defaults, unknown fields are ignored with one warning naming them, and values peft-cpp cannot
 /// honour are rejected with peft::ConfigError.
-std::shared_ptr<PeftConfig> load_config(const std::string& adapter_config_json_path);
+PEFT_API std::shared_ptr<PeftConfig> load_config(const std::string& adapter_config_json_path);
 /// Same, from the JSON text.
-std::shared_ptr<PeftConfig> config_from_json_string(const std::string& json_text);
+PEFT_API std::shared_ptr<PeftConfig> config_from_json_string(const std::string& json_text);
+
+/// The peft_types peft-cpp can inject ("ADALORA", "BOFT", ..., "LORA", ...), sorted.
+PEFT_API std::vector<std::string> supported_peft_types();
 
 }  // namespace peft

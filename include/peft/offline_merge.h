@@ -6,19 +6,12 @@
 #include <string>
 #include <vector>
 
+#include <peft/adapter_info.h>
 #include <peft/config.h>
+#include <peft/export.h>
 #include <peft/state_dict.h>
 
 namespace peft {
-
-/// The base-model modules an adapter checkpoint adapts: "<module>" of every "<module>.<method prefix>..." key
-/// (e.g. "model.layers.0.self_attn.q_proj" from "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
-/// sorted and without duplicates.
-std::vector<std::string> adapted_module_names(const PeftConfig& config, const StateDict& adapter);
-
-/// The adapter's other tensors (modules_to_save copies, trained biases), by the base-model key each replaces
-/// ("lm_head.weight"; "lin0.base_layer.bias" -> "lin0.bias").
-StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapter);
 
 struct OfflineMergeResult {
   /// New values for base tensors, keyed and typed like them: merged weights (and biases the method changes),
@@ -41,7 +34,7 @@ struct OfflineMergeOptions {
 /// peft::LinearLike when config.fan_in_fan_out; Conv1d/2d/3d from the weight's rank; LayerNorm for 1-d weights),
 /// the adapter is injected and loaded into those, and merged with the method's own merge. The math runs in
 /// float32; results keep the base tensors' dtypes. Throws peft::Error for adapters that do not fit the tensors.
-OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict& adapter, const StateDict& base,
+PEFT_API OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict& adapter, const StateDict& base,
                                       const OfflineMergeOptions& options = {});
 
 }  // namespace peft

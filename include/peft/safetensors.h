@@ -4,6 +4,7 @@
 #include <map>
 #include <string>
 
+#include <peft/export.h>
 #include <peft/state_dict.h>
 
 /// The safetensors format (https://github.com/huggingface/safetensors): an 8-byte little-endian header
@@ -21,17 +22,17 @@ struct LoadOptions {
 };
 
 /// Reads every tensor of a file, in the file's header order.
-StateDict load_file(const std::string& path, const LoadOptions& options = {});
+PEFT_API StateDict load_file(const std::string& path, const LoadOptions& options = {});
 /// Reads the `__metadata__` of a file (empty if it has none).
-Metadata load_metadata(const std::string& path);
+PEFT_API Metadata load_metadata(const std::string& path);
 /// Parses a whole file held in memory (the tensors are copied out of `bytes`).
-StateDict load_bytes(const std::string& bytes, Metadata* metadata = nullptr);
+PEFT_API StateDict load_bytes(const std::string& bytes, Metadata* metadata = nullptr);
 
 /// Writes tensors (any device and layout; they are copied to contiguous CPU memory) the way the Python
 /// safetensors package does: largest dtypes first, then by name, header padded to 8 bytes. The file is
 /// written to a temporary name in the same directory, flushed and renamed, so readers never see half a file.
-void save_file(const StateDict& tensors, const std::string& path, const Metadata& metadata = {});
+PEFT_API void save_file(const StateDict& tensors, const std::string& path, const Metadata& metadata = {});
 /// The bytes save_file would write.
-std::string save_bytes(const StateDict& tensors, const Metadata& metadata = {});
+PEFT_API std::string save_bytes(const StateDict& tensors, const Metadata& metadata = {});
 
 }  // namespace peft::safetensors

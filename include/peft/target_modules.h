@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <peft/export.h>
+
 namespace peft {
 
 /// Which modules an adapter config selects, with Python PEFT's meaning:
@@ -12,7 +14,7 @@ namespace peft {
 /// - a regex: the full module name must match it entirely (Python's re.fullmatch);
 /// - all_linear(): every Linear-like layer ("all-linear" in adapter_config.json);
 /// - unset (default constructed): nothing selected (Python's None).
-class TargetModules {
+class PEFT_API TargetModules {
  public:
   enum class Kind { Unset, Names, Regex, AllLinear };
 
@@ -43,6 +45,6 @@ class TargetModules {
 };
 
 /// Prints like Python PEFT's messages: {'a', 'b'} for names (sorted), the pattern itself for a regex.
-std::ostream& operator<<(std::ostream& os, const TargetModules& targets);
+PEFT_API std::ostream& operator<<(std::ostream& os, const TargetModules& targets);
 
 }  // namespace peft

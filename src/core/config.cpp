@@ -5,6 +5,8 @@
 
 #include <peft/error.h>
 
+#include "core/method.h"
+
 namespace peft {
 namespace {
 
@@ -73,6 +75,15 @@ void PeftConfig::validate() const {
   if (has_layers_pattern && !layers_to_transform_) {
     throw ConfigError("When `layers_pattern` is specified, `layers_to_transform` must also be specified. ");
   }
+  detail::require_method(peft_type()).validate(*this);
+}
+
+std::string PeftConfig::bias_mode() const { return detail::require_method(peft_type()).bias_mode(*this); }
+
+std::vector<std::string> supported_peft_types() {
+  std::vector<std::string> names;
+  for (const detail::Method* method : detail::all_methods()) names.push_back(method->peft_type());
+  return names;
 }
 
 std::ostream& operator<<(std::ostream& os, const PeftConfig& config) {

@@ -18,7 +18,7 @@
 #include "core/matching.h"
 #include "core/model_adapters.h"
 #include "core/module_walk.h"
-#include "core/tuner_registry.h"
+#include "core/method.h"
 #include "routing/routing_check.h"
 #include "tuners/modules_to_save/layer.h"
 
@@ -110,17 +110,10 @@ struct Candidate {
 
 }  // namespace
 
-void inject(const PeftConfig& user_config, torch::nn::Module& model, const std::string& adapter_name,
-            bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const CallerProbes& probes) {
-  inject_checked(user_config, model, adapter_name, low_cpu_mem_usage, state_dict, probes,
-                 state_dict ? &*state_dict : nullptr);
-}
-
 void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, const std::string& adapter_name,
-                    bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const CallerProbes& probes,
-                    const StateDict* weights) {
-  const Tuner* tuner = find_tuner_for(user_config.peft_type());
-  if (!tuner) {
+                    bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const StateDict* weights) {
+  const Method* method = find_method(user_config.peft_type());
+  if (!method) {
     throw ConfigError("`inject_adapter_in_model` does not support " + user_config.peft_type() + " yet.");
   }
   if (adapter_name.empty() || adapter_name.find('.') != std::string::npos) {
@@ -134,7 +127,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   // adapter costs the same as adding the first.
   const std::vector<AdaptedLayer> existing_layers = adapted_layers(model);
   for (const AdaptedLayer& layer : existing_layers) {
-    if (layer.tuner->has_adapter(adapter_name)) {
+    if (layer.adapters->has_adapter(adapter_name)) {
       throw AdapterNameError("An adapter named '" + adapter_name + "' is already in the model (adapters: " +
                              collect_adapters(model).names_text() + "). Choose another name, or delete it first.");
     }
@@ -143,16 +136,16 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     TORCH_WARN("Already found a `peft_config` attribute in the model. This will lead to having multiple adapters in "
                "the model. Make sure to know what you are doing!");
   }
-  if (config->bias_mode() != "none" || tuner->checks_other_adapters()) {
+  if (config->bias_mode() != "none" || method->checks_other_adapters()) {
     const std::vector<std::shared_ptr<const PeftConfig>> existing_configs = collect_adapters(model).configs();
     const bool other_with_bias = std::any_of(existing_configs.begin(), existing_configs.end(),
                                              [](const auto& c) { return c->bias_mode() != "none"; });
     if (config->bias_mode() != "none" && other_with_bias) {
-      throw ConfigError(std::string(tuner->peft_type()) +
+      throw ConfigError(method->peft_type() +
                         " supports only 1 adapter with bias. When using multiple adapters, set bias to 'none' for "
                         "all adapters.");
     }
-    tuner->check_new_adapter(*config, existing_configs);
+    method->check_new_adapter(*config, existing_configs);
   }
 
   if (!state_dict && !config->target_modules().is_set()) {
@@ -171,7 +164,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   if (state_dict) {
     // The layers the state dict has tensors for: "<module>.<prefix>..." names <module> (Python's rule),
     // with or without save_pretrained's "base_model.model." prefix.
-    const std::string marker = std::string(".") + tuner->prefix();
+    const std::string marker = "." + method->prefix();
     std::unordered_set<std::string> from_keys;
     for (const auto& item : *state_dict) {
       std::string key = strip_peft_prefix(item.key());
@@ -255,16 +248,24 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
 
   // ---- phase 2: prepare every change; nothing in the model changes yet
   std::shared_ptr<const PeftConfig> shared_config = config;
-  std::unique_ptr<LayerPlanner> planner = tuner->make_planner(*config);
+  std::unique_ptr<AdapterBuilder> builder = method->start_injection(*config);
   std::vector<std::unique_ptr<PendingChange>> pending;
   std::vector<std::string> pending_names;
   std::set<LayerKind> routed_kinds;
   std::unordered_set<const torch::nn::Module*> adapted;
   for (const Candidate& target : targets) {
     std::optional<BaseLayer> base = describe_layer(*target.module);
-    if (!base) throw UnsupportedLayerError(tuner->unsupported_layer_message(*target.module));
-    LayerRequest request{shared_config, adapter_name, target.name, *base, find_tuner(*target.module), low_cpu_mem_usage};
-    pending.push_back(planner->prepare_layer(request));
+    if (!base || !method->supports(base->kind)) {
+      throw UnsupportedLayerError(method->unsupported_layer_message(*target.module));
+    }
+    AdapterLayer* existing = adapter_layer_of(*target.module);
+    if (existing && existing->peft_type() != method->peft_type()) {
+      throw UnsupportedLayerError("Cannot add a " + method->peft_type() + " adapter to '" + target.name +
+                                  "': it already carries " + existing->peft_type() +
+                                  " adapters, and peft-cpp keeps one adapter method per layer.");
+    }
+    LayerRequest request{shared_config, adapter_name, target.name, *base, existing, low_cpu_mem_usage};
+    pending.push_back(builder->prepare(request));
     pending_names.push_back(target.name);
     if (needs_routing(*target.module, base->kind)) routed_kinds.insert(base->kind);
     adapted.insert(target.module);
@@ -282,12 +283,12 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
                                     ") is not a layer peft-cpp can route; list torch::nn::Linear, Embedding, "
                                     "Conv1d/2d/3d or LayerNorm layers in `modules_to_save`");
       }
-      pending.push_back(prepare_modules_to_save(*base, c.name, adapter_name, shared_config, find_tuner(*c.module)));
+      pending.push_back(prepare_modules_to_save(*base, c.name, adapter_name, shared_config, adapter_layer_of(*c.module)));
       if (needs_routing(*c.module, base->kind)) routed_kinds.insert(base->kind);
     }
   }
   if (weights) check_state_dict_shapes(*weights, pending_names, pending, *config);
-  for (LayerKind kind : routed_kinds) check_routing(kind, probes);
+  for (LayerKind kind : routed_kinds) check_routing(kind);
 
   // ---- phase 3: commit
   for (auto& change : pending) change->commit();
@@ -295,3 +296,13 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
 }
 
 }  // namespace peft::detail
+
+namespace peft {
+
+void inject_adapter_in_model(const PeftConfig& config, ModuleRef model, const std::string& adapter_name,
+                             bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict) {
+  detail::inject_checked(config, model.get(), adapter_name, low_cpu_mem_usage, state_dict,
+                         state_dict ? &*state_dict : nullptr);
+}
+
+}  // namespace peft

@@ -10,7 +10,7 @@
 
 #include <peft/error.h>
 
-#include "core/tuner_registry.h"
+#include "core/method.h"
 
 namespace peft::detail {
 
@@ -292,14 +292,15 @@ std::shared_ptr<PeftConfig> detail::parse_config(const std::string& json_text, c
                       " is a prompt-learning method; `create_and_replace` does not support prompt learning and "
                       "adaption prompt yet.");
   }
-  const detail::Tuner* tuner = detail::find_tuner_for(peft_type);
-  if (!tuner) {
+  const detail::Method* method = detail::find_method(peft_type);
+  if (!method) {
     std::string known;
-    for (const auto& name : detail::registered_peft_types()) known += (known.empty() ? "" : ", ") + name;
+    for (const auto& name : supported_peft_types()) known += (known.empty() ? "" : ", ") + name;
     throw ConfigError(source + ": peft_type '" + peft_type + "' is not supported by peft-cpp (supported: " + known + ")");
   }
   detail::JsonConfigReader reader(object, source);
-  std::shared_ptr<PeftConfig> config = tuner->read_config(reader);
+  std::shared_ptr<PeftConfig> config = method->new_config();
+  method->read_config(reader, *config);
   detail::ConfigFields::read_common(reader, *config);
   const std::vector<std::string> unknown = reader.unread_keys();
   if (!unknown.empty()) {
@@ -324,11 +325,9 @@ std::shared_ptr<PeftConfig> load_config(const std::string& path) {
 }
 
 std::string PeftConfig::to_json_string() const {
-  const detail::Tuner* tuner = detail::find_tuner_for(peft_type());
-  TORCH_CHECK(tuner, "no tuner registered for ", peft_type());
   nlohmann::json out = nlohmann::json::object();
   detail::ConfigFields::write_common(*this, out);
-  tuner->write_config(*this, out);
+  detail::require_method(peft_type()).write_config(*this, out);
   // nlohmann::json objects are ordered by key: json.dumps(indent=2, sort_keys=True) with ASCII escapes.
   return out.dump(2, ' ', /*ensure_ascii=*/true);
 }

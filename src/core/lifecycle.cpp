@@ -39,52 +39,63 @@ void require_known(const torch::nn::Module& model, const std::vector<std::string
   }
 }
 
-bool is_modules_to_save(const detail::TunerLayer& tuner) { return std::string(tuner.peft_type()) == "MODULES_TO_SAVE"; }
+bool is_modules_to_save(const detail::AdapterLayer& adapters) { return adapters.peft_type() == "MODULES_TO_SAVE"; }
 
 bool any_merged(const std::vector<AdaptedLayer>& layers) {
-  return std::any_of(layers.begin(), layers.end(), [](const AdaptedLayer& l) { return !l.tuner->merged_adapters().empty(); });
+  return std::any_of(layers.begin(), layers.end(), [](const AdaptedLayer& l) { return !l.adapters->merged_adapters().empty(); });
 }
 
 void unmerge_all(const std::vector<AdaptedLayer>& layers) {
-  for (const AdaptedLayer& layer : layers) layer.tuner->unmerge(*layer.module);
+  for (const AdaptedLayer& layer : layers) layer.adapters->unmerge(*layer.module);
 }
 
 // Removes every adapter container from every layer; the layers are plain LibTorch layers afterwards.
 void unload_all(torch::nn::Module& model) {
   for (const AdaptedLayer& layer : detail::adapted_layers(model)) {
-    layer.tuner->prepare_unload(*layer.module);
-    const std::vector<std::string> containers = layer.tuner->container_names();
-    detail::detach_containers(*layer.module, containers);  // destroys the tuner
+    layer.adapters->prepare_unload(*layer.module);
+    const std::vector<std::string> containers = layer.adapters->container_names();
+    detail::detach_containers(*layer.module, containers);  // destroys the AdapterLayer
   }
 }
 
 }  // namespace
 
-std::vector<std::string> adapter_names(const torch::nn::Module& model) { return detail::collect_adapters(model).names(); }
+std::vector<std::string> adapter_names(ConstModuleRef model) { return detail::collect_adapters(*model).names(); }
 
-std::vector<std::string> active_adapters(const torch::nn::Module& model) {
-  const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
-  return layers.empty() ? std::vector<std::string>{} : layers.front().tuner->active_adapters();
+std::vector<std::string> targeted_module_names(ConstModuleRef model) {
+  std::vector<std::string> names;
+  for (const AdaptedLayer& layer : detail::adapted_layers(*model)) names.push_back(layer.name);
+  return names;
 }
 
-std::shared_ptr<const PeftConfig> adapter_config(const torch::nn::Module& model, const std::string& adapter_name) {
+std::vector<std::string> active_adapters(ConstModuleRef model_ref) {
+  const torch::nn::Module& model = model_ref.get();
+  const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
+  return layers.empty() ? std::vector<std::string>{} : layers.front().adapters->active_adapters();
+}
+
+std::shared_ptr<const PeftConfig> adapter_config(ConstModuleRef model_ref, const std::string& adapter_name) {
+  const torch::nn::Module& model = model_ref.get();
   return detail::require_adapter(model, adapter_name);
 }
 
-void set_adapter(torch::nn::Module& model, const std::string& adapter_name, bool inference_mode) {
+void set_adapter(ModuleRef model_ref, const std::string& adapter_name, bool inference_mode) {
+  torch::nn::Module& model = model_ref.get();
   set_adapter(model, std::vector<std::string>{adapter_name}, inference_mode);
 }
 
-void set_adapter(torch::nn::Module& model, std::initializer_list<std::string> adapter_names, bool inference_mode) {
+void set_adapter(ModuleRef model_ref, std::initializer_list<std::string> adapter_names, bool inference_mode) {
+  torch::nn::Module& model = model_ref.get();
   set_adapter(model, std::vector<std::string>(adapter_names), inference_mode);
 }
 
-void set_adapter(torch::nn::Module& model, const std::vector<std::string>& names, bool inference_mode) {
+void set_adapter(ModuleRef model_ref, const std::vector<std::string>& names, bool inference_mode) {
+  torch::nn::Module& model = model_ref.get();
   require_known(model, names);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   for (const AdaptedLayer& layer : layers) {
-    if (!is_modules_to_save(*layer.tuner)) continue;
-    const auto with_copy = std::count_if(names.begin(), names.end(), [&](const auto& n) { return layer.tuner->has_adapter(n); });
+    if (!is_modules_to_save(*layer.adapters)) continue;
+    const auto with_copy = std::count_if(names.begin(), names.end(), [&](const auto& n) { return layer.adapters->has_adapter(n); });
     if (with_copy > 1) {
       throw ConfigError("Only one adapter can be set at a time for modules_to_save, got " + std::to_string(with_copy) +
                         " with a copy of '" + layer.name + "'");
@@ -94,26 +105,29 @@ void set_adapter(torch::nn::Module& model, const std::vector<std::string>& names
     TORCH_WARN("Adapter cannot be set when the model is merged. Unmerging the model first.");
     unmerge_all(layers);
   }
-  for (const AdaptedLayer& layer : layers) layer.tuner->set_active_adapters(*layer.module, names, inference_mode);
+  for (const AdaptedLayer& layer : layers) layer.adapters->set_active_adapters(*layer.module, names, inference_mode);
 }
 
-void disable_adapters(torch::nn::Module& model) {
+void disable_adapters(ModuleRef model_ref) {
+  torch::nn::Module& model = model_ref.get();
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   // Python unmerges in the first disabled forward; here it happens now, so forward never changes weights.
   unmerge_all(layers);
-  for (const AdaptedLayer& layer : layers) layer.tuner->set_disabled(*layer.module, true);
+  for (const AdaptedLayer& layer : layers) layer.adapters->set_disabled(*layer.module, true);
 }
 
-void enable_adapters(torch::nn::Module& model) {
-  for (const AdaptedLayer& layer : detail::adapted_layers(model)) layer.tuner->set_disabled(*layer.module, false);
+void enable_adapters(ModuleRef model_ref) {
+  torch::nn::Module& model = model_ref.get();
+  for (const AdaptedLayer& layer : detail::adapted_layers(model)) layer.adapters->set_disabled(*layer.module, false);
 }
 
-bool adapters_disabled(const torch::nn::Module& model) {
+bool adapters_disabled(ConstModuleRef model_ref) {
+  const torch::nn::Module& model = model_ref.get();
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
-  return !layers.empty() && layers.front().tuner->disabled();
+  return !layers.empty() && layers.front().adapters->disabled();
 }
 
-DisabledAdapters::DisabledAdapters(torch::nn::Module& model) : model_(model), was_disabled_(adapters_disabled(model)) {
+DisabledAdapters::DisabledAdapters(ModuleRef model) : model_(model.get()), was_disabled_(adapters_disabled(model)) {
   disable_adapters(model_);
 }
 
@@ -126,22 +140,23 @@ DisabledAdapters::~DisabledAdapters() {
   }
 }
 
-void delete_adapter(torch::nn::Module& model, const std::string& adapter_name) {
+void delete_adapter(ModuleRef model_ref, const std::string& adapter_name) {
+  torch::nn::Module& model = model_ref.get();
   require_known(model, {adapter_name});
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   for (const AdaptedLayer& layer : layers) {
-    const auto merged = layer.tuner->merged_adapters();
+    const auto merged = layer.adapters->merged_adapters();
     if (std::find(merged.begin(), merged.end(), adapter_name) != merged.end()) {
       throw Error("Cannot delete adapter(s) ['" + adapter_name + "'] while they are merged. Please unmerge them first.");
     }
   }
   const std::vector<std::string> active_before = active_adapters(model);
   for (const AdaptedLayer& layer : layers) {
-    if (!layer.tuner->has_adapter(adapter_name)) continue;
-    layer.tuner->remove_adapter(*layer.module, adapter_name);
-    if (layer.tuner->adapter_names().empty()) {
-      const std::vector<std::string> containers = layer.tuner->container_names();
-      detail::detach_containers(*layer.module, containers);  // destroys the tuner: a plain layer again
+    if (!layer.adapters->has_adapter(adapter_name)) continue;
+    layer.adapters->remove_adapter(*layer.module, adapter_name);
+    if (layer.adapters->adapter_names().empty()) {
+      const std::vector<std::string> containers = layer.adapters->container_names();
+      detail::detach_containers(*layer.module, containers);  // destroys the AdapterLayer: a plain layer again
     }
   }
   if (std::find(active_before.begin(), active_before.end(), adapter_name) == active_before.end()) return;
@@ -159,17 +174,19 @@ void delete_adapter(torch::nn::Module& model, const std::string& adapter_name) {
   set_adapter(model, remaining);
 }
 
-void merge_adapter(torch::nn::Module& model, std::initializer_list<std::string> adapter_names, bool safe_merge) {
+void merge_adapter(ModuleRef model_ref, std::initializer_list<std::string> adapter_names, bool safe_merge) {
+  torch::nn::Module& model = model_ref.get();
   merge_adapter(model, std::vector<std::string>(adapter_names), safe_merge);
 }
 
-void merge_adapter(torch::nn::Module& model, const std::vector<std::string>& requested, bool safe_merge) {
+void merge_adapter(ModuleRef model_ref, const std::vector<std::string>& requested, bool safe_merge) {
+  torch::nn::Module& model = model_ref.get();
   const std::vector<std::string> names = requested.empty() ? active_adapters(model) : requested;
   require_known(model, names);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   std::set<std::string> already;
   for (const AdaptedLayer& layer : layers) {
-    for (const auto& name : layer.tuner->merged_adapters()) already.insert(name);
+    for (const auto& name : layer.adapters->merged_adapters()) already.insert(name);
   }
   if (!already.empty()) {
     std::vector<std::string> more;
@@ -185,12 +202,13 @@ void merge_adapter(torch::nn::Module& model, const std::vector<std::string>& req
   }
   std::vector<std::unique_ptr<detail::PendingChange>> pending;
   for (const AdaptedLayer& layer : layers) {
-    if (auto change = layer.tuner->prepare_merge(*layer.module, names, safe_merge)) pending.push_back(std::move(change));
+    if (auto change = layer.adapters->prepare_merge(*layer.module, names, safe_merge)) pending.push_back(std::move(change));
   }
   for (auto& change : pending) change->commit();
 }
 
-void unmerge_adapter(torch::nn::Module& model) {
+void unmerge_adapter(ModuleRef model_ref) {
+  torch::nn::Module& model = model_ref.get();
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   if (!any_merged(layers)) {
     TORCH_WARN("Already unmerged. Nothing to do.");
@@ -199,15 +217,17 @@ void unmerge_adapter(torch::nn::Module& model) {
   unmerge_all(layers);
 }
 
-void merge_and_unload(torch::nn::Module& model, bool safe_merge, const std::vector<std::string>& adapter_names) {
+void merge_and_unload(ModuleRef model_ref, bool safe_merge, const std::vector<std::string>& adapter_names) {
+  torch::nn::Module& model = model_ref.get();
   if (!detail::adapted_layers(model).empty()) merge_adapter(model, adapter_names, safe_merge);
   unload_all(model);
 }
 
-void unload(torch::nn::Module& model) { unload_all(model); }
+void unload(ModuleRef model) { unload_all(*model); }
 
-AdapterNamesPerSample::AdapterNamesPerSample(torch::nn::Module& model, std::vector<std::string> adapter_names)
+AdapterNamesPerSample::AdapterNamesPerSample(ModuleRef model_ref, std::vector<std::string> adapter_names)
     : routing_(std::make_unique<Routing>()), previous_(detail::current_sample_routing()) {
+  const torch::nn::Module& model = model_ref.get();
   if (model.is_training()) throw ConfigError("Cannot pass `adapter_names` when the model is in training mode.");
   const detail::ModelAdapters adapters = detail::collect_adapters(model);
   std::set<std::string> unknown;
@@ -228,31 +248,33 @@ AdapterNamesPerSample::AdapterNamesPerSample(torch::nn::Module& model, std::vect
     routing_->groups.emplace_back(name, at::tensor(rows, at::kLong));
   }
   routing_->names = std::move(adapter_names);
-  for (const AdaptedLayer& layer : detail::adapted_layers(model)) routing_->layers.insert(layer.tuner);
+  for (const AdaptedLayer& layer : detail::adapted_layers(model)) routing_->layers.insert(layer.adapters);
   detail::set_current_sample_routing(routing_.get());
 }
 
 AdapterNamesPerSample::~AdapterNamesPerSample() { detail::set_current_sample_routing(previous_); }
 
-void set_requires_grad(torch::nn::Module& model, const std::vector<std::string>& names, bool requires_grad) {
+void set_requires_grad(ModuleRef model_ref, const std::vector<std::string>& names, bool requires_grad) {
+  torch::nn::Module& model = model_ref.get();
   require_known(model, names);
   for (const AdaptedLayer& layer : detail::adapted_layers(model)) {
     for (const std::string& name : names) {
-      for (const detail::AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, name)) {
-        if (!t.is_buffer) t.get().set_requires_grad(requires_grad);
+      for (const detail::AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, name)) {
+        if (!t.is_buffer && t.get().requires_grad() != requires_grad) t.get().set_requires_grad(requires_grad);
       }
     }
   }
 }
 
-void cast_adapter_dtype(torch::nn::Module& model, const std::string& adapter_name, c10::ScalarType dtype) {
+void cast_adapter_dtype(ModuleRef model_ref, const std::string& adapter_name, c10::ScalarType dtype) {
+  torch::nn::Module& model = model_ref.get();
   require_known(model, {adapter_name});
   if (!c10::isFloatingType(dtype)) {
     throw ConfigError(std::string("cast_adapter_dtype: ") + c10::toString(dtype) + " is not a floating-point dtype");
   }
   at::NoGradGuard no_grad;
   for (const AdaptedLayer& layer : detail::adapted_layers(model)) {
-    for (const detail::AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, adapter_name)) {
+    for (const detail::AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter_name)) {
       const at::Tensor& tensor = t.get();
       if (tensor.is_floating_point() && tensor.scalar_type() != dtype) {
         detail::replace_tensor(*t.owner, t.name, tensor.to(dtype), t.is_buffer);
@@ -261,7 +283,8 @@ void cast_adapter_dtype(torch::nn::Module& model, const std::string& adapter_nam
   }
 }
 
-ParameterCount trainable_parameters(const torch::nn::Module& model) {
+ParameterCount trainable_parameters(ConstModuleRef model_ref) {
+  const torch::nn::Module& model = model_ref.get();
   ParameterCount count;
   for (const auto& p : model.parameters()) {
     count.total += p.numel();
@@ -270,7 +293,8 @@ ParameterCount trainable_parameters(const torch::nn::Module& model) {
   return count;
 }
 
-void print_trainable_parameters(const torch::nn::Module& model, std::ostream& out) {
+void print_trainable_parameters(ConstModuleRef model_ref, std::ostream& out) {
+  const torch::nn::Module& model = model_ref.get();
   const ParameterCount count = trainable_parameters(model);
   auto with_commas = [](int64_t n) {
     std::string digits = std::to_string(n), text;
@@ -287,7 +311,7 @@ void print_trainable_parameters(const torch::nn::Module& model, std::ostream& ou
   out << line.str() << "\n";
 }
 
-void print_trainable_parameters(const torch::nn::Module& model) { print_trainable_parameters(model, std::cout); }
+void print_trainable_parameters(ConstModuleRef model) { print_trainable_parameters(model, std::cout); }
 
 }  // namespace peft
 

@@ -11,8 +11,8 @@ namespace peft::detail {
 std::vector<AdaptedLayer> adapted_layers(const torch::nn::Module& model) {
   std::vector<AdaptedLayer> out;
   walk_modules(model, [&](const std::string& name, const torch::nn::Module& module) {
-    if (TunerLayer* tuner = find_tuner(module)) {
-      out.push_back({name, const_cast<torch::nn::Module*>(&module), tuner});
+    if (AdapterLayer* adapters = adapter_layer_of(module)) {
+      out.push_back({name, const_cast<torch::nn::Module*>(&module), adapters});
     }
   });
   return out;
@@ -44,7 +44,7 @@ void ModelAdapters::add(const std::string& name, std::shared_ptr<const PeftConfi
 ModelAdapters collect_adapters(const torch::nn::Module& model) {
   ModelAdapters adapters;
   for (const AdaptedLayer& layer : adapted_layers(model)) {
-    for (const std::string& name : layer.tuner->adapter_names()) adapters.add(name, layer.tuner->config_of(name));
+    for (const std::string& name : layer.adapters->adapter_names()) adapters.add(name, layer.adapters->config_of(name));
   }
   return adapters;
 }
@@ -59,7 +59,7 @@ std::shared_ptr<const PeftConfig> require_adapter(const torch::nn::Module& model
 void activate_after_injection(torch::nn::Module& model, const std::string& adapter, const PeftConfig& config) {
   const std::vector<AdaptedLayer> layers = adapted_layers(model);
   for (const AdaptedLayer& layer : layers) {
-    layer.tuner->set_active_adapters(*layer.module, {adapter}, config.inference_mode());
+    layer.adapters->set_active_adapters(*layer.module, {adapter}, config.inference_mode());
   }
   // The model's own parameters stop training; the walk does not enter adapter containers, so this costs
   // the same however many adapters the model has.
@@ -80,7 +80,7 @@ void activate_after_injection(torch::nn::Module& model, const std::string& adapt
     }
   } else if (bias != "none") {  // "<method>_only": the biases of the layers this method adapted
     for (const AdaptedLayer& layer : layers) {
-      if (config.peft_type() != layer.tuner->peft_type()) continue;
+      if (config.peft_type() != layer.adapters->peft_type()) continue;
       const std::optional<BaseLayer> base = describe_layer(*layer.module);
       const at::Tensor b = base ? base->bias() : at::Tensor();
       if (b.defined()) b.set_requires_grad(true);

@@ -10,14 +10,14 @@
 
 #include <peft/config.h>
 
-#include "core/tuner_layer.h"
+#include "core/adapter_layer.h"
 
 namespace peft::detail {
 
 struct AdaptedLayer {
   std::string name;
   torch::nn::Module* module;
-  TunerLayer* tuner;
+  AdapterLayer* adapters;
 };
 
 /// Every adapted layer, in module order.

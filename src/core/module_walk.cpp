@@ -4,7 +4,7 @@
 #include <unordered_set>
 
 #include "core/module_access.h"
-#include "core/tuner_layer.h"
+#include "core/adapter_layer.h"
 
 namespace peft::detail {
 namespace {
@@ -16,7 +16,7 @@ void walk(torch::nn::Module& module, torch::nn::Module* parent, const std::strin
   const ChildMap& children = children_of(module);
   if (children.is_empty()) return;
   std::vector<std::string> skip;
-  if (TunerLayer* tuner = find_tuner_among(children)) skip = tuner->container_names();
+  if (AdapterLayer* adapters = adapter_layer_among(children)) skip = adapters->container_names();
   for (const auto& child : children) {
     if (std::find(skip.begin(), skip.end(), child.key()) != skip.end()) continue;
     walk(*child.value(), &module, name.empty() ? child.key() : name + "." + child.key(), seen, visit);

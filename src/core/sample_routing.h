@@ -13,7 +13,7 @@
 #include <peft/lifecycle.h>
 
 namespace peft::detail {
-class TunerLayer;
+class AdapterLayer;
 }  // namespace peft::detail
 
 namespace peft {
@@ -21,7 +21,7 @@ namespace peft {
 struct AdapterNamesPerSample::Routing {
   std::vector<std::string> names;                          // one per row
   std::vector<std::pair<std::string, at::Tensor>> groups;  // adapter -> row indices (int64, CPU), first-seen order
-  std::unordered_set<const detail::TunerLayer*> layers;    // the layers of the guarded model
+  std::unordered_set<const detail::AdapterLayer*> layers;    // the layers of the guarded model
 
 };
 

@@ -17,7 +17,7 @@
 #include "core/model_adapters.h"
 #include "core/module_walk.h"
 #include "core/tensor_slots.h"
-#include "core/tuner_registry.h"
+#include "core/method.h"
 
 namespace peft {
 namespace {
@@ -29,7 +29,7 @@ const std::string kPeftPrefix = "base_model.model.";
 
 std::string join(const std::string& module, const std::string& key) { return module.empty() ? key : module + "." + key; }
 
-bool is_modules_to_save(const detail::TunerLayer& tuner) { return std::string(tuner.peft_type()) == "MODULES_TO_SAVE"; }
+bool is_modules_to_save(const detail::AdapterLayer& adapters) { return adapters.peft_type() == "MODULES_TO_SAVE"; }
 
 /// Where a checkpoint tensor goes.
 struct Slot {
@@ -52,8 +52,8 @@ std::vector<std::pair<std::string, Slot>> adapter_slots(const std::vector<Adapte
                                                          const std::string& adapter, bool copies) {
   std::vector<std::pair<std::string, Slot>> out;
   for (const AdaptedLayer& layer : layers) {
-    if (is_modules_to_save(*layer.tuner) != copies) continue;
-    for (const AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, adapter)) {
+    if (is_modules_to_save(*layer.adapters) != copies) continue;
+    for (const AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter)) {
       out.emplace_back(join(layer.name, t.key),
                        Slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true});
     }
@@ -66,8 +66,8 @@ std::unordered_map<std::string, Slot> base_slots(const torch::nn::Module& model)
   std::unordered_map<std::string, Slot> out;
   detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module& m) {
     auto* module = const_cast<torch::nn::Module*>(&m);
-    detail::TunerLayer* tuner = detail::find_tuner(m);
-    const char* wrapper = !tuner ? nullptr : is_modules_to_save(*tuner) ? "original_module" : "base_layer";
+    detail::AdapterLayer* adapters = detail::adapter_layer_of(m);
+    const char* wrapper = !adapters ? nullptr : is_modules_to_save(*adapters) ? "original_module" : "base_layer";
     auto add = [&](const std::string& key, bool buffer) {
       Slot slot{module, key, buffer, join(name, key), module, false};
       out.emplace(join(name, key), slot);
@@ -93,7 +93,8 @@ std::string shape_text(at::IntArrayRef sizes) {
 
 }  // namespace
 
-StateDict get_peft_model_state_dict(const torch::nn::Module& model, const std::string& adapter_name) {
+StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string& adapter_name) {
+  const torch::nn::Module& model = model_ref.get();
   const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   StateDict out;
@@ -103,17 +104,17 @@ StateDict get_peft_model_state_dict(const torch::nn::Module& model, const std::s
   const std::string bias = config->bias_mode();
   if (bias != "none") {
     detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module& m) {
-      detail::TunerLayer* tuner = detail::find_tuner(m);
-      if (tuner && is_modules_to_save(*tuner)) return;  // saved through its copy
-      const bool adapted_by_method = tuner && config->peft_type() == tuner->peft_type();
+      detail::AdapterLayer* adapters = detail::adapter_layer_of(m);
+      if (adapters && is_modules_to_save(*adapters)) return;  // saved through its copy
+      const bool adapted_by_method = adapters && config->peft_type() == adapters->peft_type();
       if (bias != "all" && !adapted_by_method) return;
       const at::Tensor* b = detail::parameters_of(m).find("bias");
       if (!b || !b->defined()) return;
-      const std::string key = join(tuner ? join(name, "base_layer") : name, "bias");
+      const std::string key = join(adapters ? join(name, "base_layer") : name, "bias");
       if (!out.contains(key)) out.insert(key, *b);
     });
   }
-  if (const detail::Tuner* tuner = detail::find_tuner_for(config->peft_type())) tuner->adjust_checkpoint(*config, out);
+  detail::require_method(config->peft_type()).adjust_checkpoint(*config, out);
   // Python adds the modules_to_save copies last, over any bias of the same name.
   for (const auto& [key, slot] : adapter_slots(layers, adapter_name, /*copies=*/true)) {
     if (out.contains(key)) {
@@ -125,8 +126,9 @@ StateDict get_peft_model_state_dict(const torch::nn::Module& model, const std::s
   return out;
 }
 
-LoadResult set_peft_model_state_dict(torch::nn::Module& model, const StateDict& state_dict,
-                                     const std::string& adapter_name, bool low_cpu_mem_usage) {
+LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& state_dict, const std::string& adapter_name,
+                                     bool low_cpu_mem_usage) {
+  torch::nn::Module& model = model_ref.get();
   detail::require_adapter(model, adapter_name);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   std::unordered_map<std::string, Slot> adapter;

@@ -3,9 +3,8 @@
 #include <cmath>
 
 #include <torch/nn/init.h>
-#include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
+
+#include <peft/layers.h>
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -41,9 +40,10 @@ void replace_tensor(torch::nn::Module& owner, const std::string& name, at::Tenso
   TORCH_CHECK(slot, "no parameter '", name, "' to replace");
   tensor.set_requires_grad(slot->requires_grad());
   *slot = tensor;
-  set_member<torch::nn::LinearImpl>(owner, name, tensor) || set_member<torch::nn::Conv1dImpl>(owner, name, tensor) ||
-      set_member<torch::nn::Conv2dImpl>(owner, name, tensor) || set_member<torch::nn::Conv3dImpl>(owner, name, tensor) ||
-      set_member<torch::nn::EmbeddingImpl>(owner, name, tensor) || set_member<torch::nn::LayerNormImpl>(owner, name, tensor);
+  // LibTorch's layers keep the tensor in a member too (LinearImpl::weight, ...).
+#define PEFT_SET_MEMBER(Name) set_member<torch::nn::Name##Impl>(owner, name, tensor) ||
+  [[maybe_unused]] const bool routed_layer = PEFT_ROUTED_LAYERS(PEFT_SET_MEMBER) false;
+#undef PEFT_SET_MEMBER
 }
 
 std::shared_ptr<torch::nn::LinearImpl> make_linear(int64_t in, int64_t out, bool bias, const at::TensorOptions& options) {
@@ -55,8 +55,10 @@ std::shared_ptr<torch::nn::LinearImpl> make_linear(int64_t in, int64_t out, bool
   return layer;
 }
 
+void kaiming_default(const at::Tensor& tensor) { torch::nn::init::kaiming_uniform_(tensor, std::sqrt(5.0)); }
+
 void default_init(const at::Tensor& weight, const at::Tensor& bias) {
-  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  kaiming_default(weight);
   if (bias.defined()) {
     const int64_t fan_in = weight.numel() / weight.size(0);
     const double bound = fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
@@ -65,3 +67,19 @@ void default_init(const at::Tensor& weight, const at::Tensor& bias) {
 }
 
 }  // namespace peft::detail
+
+namespace peft {
+
+torch::nn::Linear empty_linear(const torch::nn::LinearOptions& layer, const at::TensorOptions& options) {
+  return torch::nn::Linear(detail::make_linear(layer.in_features(), layer.out_features(), layer.bias(), options));
+}
+
+torch::nn::Embedding empty_embedding(const torch::nn::EmbeddingOptions& layer, const at::TensorOptions& options) {
+  // Zero rows: LibTorch's constructor then initialises (and pads) nothing.
+  auto embedding = std::make_shared<torch::nn::EmbeddingImpl>(torch::nn::EmbeddingOptions(0, layer.embedding_dim()));
+  embedding->options = layer;
+  detail::replace_tensor(*embedding, "weight", at::empty({layer.num_embeddings(), layer.embedding_dim()}, options));
+  return torch::nn::Embedding(embedding);
+}
+
+}  // namespace peft

@@ -24,6 +24,9 @@ std::shared_ptr<torch::nn::LinearImpl> make_linear(int64_t in, int64_t out, bool
 /// uniform(+-1/sqrt(fan_in)) for the bias. Works for conv weights too (fan_in from dims 1..).
 void default_init(const at::Tensor& weight, const at::Tensor& bias);
 
+/// kaiming_uniform(a=sqrt(5)), PyTorch's default weight init (without the bias), in place.
+void kaiming_default(const at::Tensor& tensor);
+
 bool is_meta(const at::Tensor& tensor);
 
 }  // namespace peft::detail

@@ -42,7 +42,7 @@ fs::path adapter_directory(const std::string& directory, const std::string& adap
 void place_adapter(torch::nn::Module& model, const std::string& adapter, const LoadAdapterOptions& options) {
   at::NoGradGuard no_grad;
   for (const AdaptedLayer& layer : adapted_layers(model)) {
-    for (const AdapterTensor& t : layer.tuner->adapter_tensors(*layer.module, adapter)) {
+    for (const AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter)) {
       const at::Tensor& tensor = t.get();
       if (!tensor.is_floating_point() || tensor.device().is_meta()) continue;
       c10::ScalarType dtype = tensor.scalar_type();
@@ -58,8 +58,12 @@ void place_adapter(torch::nn::Module& model, const std::string& adapter, const L
 
 }  // namespace
 
-LoadResult load_adapter(torch::nn::Module& model, const std::string& directory, const std::string& adapter_name,
-                        const LoadAdapterOptions& options, const CallerProbes& probes) {
+}  // namespace detail
+
+LoadResult load_adapter(ModuleRef model_ref, const std::string& directory, const std::string& adapter_name,
+                        const LoadAdapterOptions& options) {
+  using namespace detail;
+  torch::nn::Module& model = model_ref.get();
   const fs::path dir = adapter_directory(directory, adapter_name);
   if (!fs::exists(dir / kWeightsFile)) {
     if (fs::exists(dir / "adapter_model.bin")) {
@@ -75,7 +79,7 @@ LoadResult load_adapter(torch::nn::Module& model, const std::string& directory, 
 
   // Injection checks the weights' shapes and dtypes against the adapter before attaching anything, so the
   // load below cannot fail on them.
-  inject_checked(*config, model, adapter_name, options.low_cpu_mem_usage, std::nullopt, probes, &weights);
+  inject_checked(*config, model, adapter_name, options.low_cpu_mem_usage, std::nullopt, &weights);
   try {
     LoadResult result = set_peft_model_state_dict(model, weights, adapter_name, options.low_cpu_mem_usage);
     place_adapter(model, adapter_name, options);
@@ -86,9 +90,8 @@ LoadResult load_adapter(torch::nn::Module& model, const std::string& directory, 
   }
 }
 
-}  // namespace detail
-
-void save_adapter(const torch::nn::Module& model, const std::string& directory, const std::string& adapter_name) {
+void save_adapter(ConstModuleRef model_ref, const std::string& directory, const std::string& adapter_name) {
+  const torch::nn::Module& model = model_ref.get();
   std::shared_ptr<PeftConfig> config = detail::require_adapter(model, adapter_name)->clone();
   detail::ConfigFields::set_inference_mode(*config, true);
   const fs::path dir = adapter_name == "default" ? fs::path(directory) : fs::path(directory) / adapter_name;

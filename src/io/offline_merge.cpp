@@ -9,37 +9,19 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/normalization.h>
 
-#include <peft/detail/caller_probes.h>
 #include <peft/error.h>
 #include <peft/inject.h>
 #include <peft/layers.h>
 #include <peft/lifecycle.h>
 
+#include "core/checkpoint_keys.h"
 #include "core/json_config.h"
 #include "core/module_access.h"
 #include "core/tensor_slots.h"
-#include "core/tuner_registry.h"
+#include "core/method.h"
 
 namespace peft {
 namespace {
-
-const std::string kSavePrefix = "base_model.model.";
-
-std::string strip_save_prefix(const std::string& key) {
-  return key.compare(0, kSavePrefix.size(), kSavePrefix) == 0 ? key.substr(kSavePrefix.size()) : key;
-}
-
-const detail::Tuner& tuner_of(const PeftConfig& config) {
-  const detail::Tuner* tuner = detail::find_tuner_for(config.peft_type());
-  if (!tuner) throw ConfigError("peft-cpp has no adapter method " + config.peft_type());
-  return *tuner;
-}
-
-// The module an adapter key belongs to, or "" for keys that are not the method's tensors.
-std::string module_of(const std::string& key, const std::string& marker) {
-  const auto pos = key.rfind(marker);
-  return pos == std::string::npos ? std::string() : key.substr(0, pos);
-}
 
 // transformers' Conv1D stand-in: weight stored (in, out).
 struct TransposedLinearImpl : torch::nn::Module, LinearLike {
@@ -68,8 +50,7 @@ std::shared_ptr<Impl> conv_shell(const at::Tensor& weight, bool bias) {
 
 // A layer of the right kind holding `weight` / `bias` as float32 (the tensors themselves with `in_place`).
 std::shared_ptr<torch::nn::Module> stand_in(const std::string& module, const at::Tensor& weight, const at::Tensor& bias,
-                                            const std::set<std::string>& container_names, bool fan_in_fan_out,
-                                            bool in_place) {
+                                            bool embedding, bool fan_in_fan_out, bool in_place) {
   // Copies unless in_place: merging may write into the stand-in's tensors.
   auto own = [&](const at::Tensor& t) { return t.scalar_type() != at::kFloat ? t.to(at::kFloat) : in_place ? t : t.clone(); };
   const at::Tensor w = own(weight);
@@ -83,7 +64,7 @@ std::shared_ptr<torch::nn::Module> stand_in(const std::string& module, const at:
       break;
     }
     case 2:
-      if (container_names.count("lora_embedding_A") || container_names.count("oft_embedding_R")) {
+      if (embedding) {
         auto emb = std::make_shared<torch::nn::EmbeddingImpl>(torch::nn::EmbeddingOptions(0, w.size(1)));
         emb->options.num_embeddings(w.size(0));
         layer = emb;
@@ -126,47 +107,18 @@ void place(torch::nn::Module& root, const std::string& path, std::shared_ptr<tor
 
 }  // namespace
 
-std::vector<std::string> adapted_module_names(const PeftConfig& config, const StateDict& adapter) {
-  const std::string marker = std::string(".") + tuner_of(config).prefix();
-  std::set<std::string> names;
-  for (const auto& item : adapter) {
-    const std::string module = module_of(strip_save_prefix(item.key()), marker);
-    if (!module.empty()) names.insert(module);
-  }
-  return {names.begin(), names.end()};
-}
-
-StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapter) {
-  const std::string marker = std::string(".") + tuner_of(config).prefix();
-  StateDict out;
-  for (const auto& item : adapter) {
-    std::string key = strip_save_prefix(item.key());
-    if (!module_of(key, marker).empty()) continue;
-    const std::string wrapped = ".base_layer.";
-    const auto pos = key.find(wrapped);
-    if (pos != std::string::npos) key = key.substr(0, pos) + "." + key.substr(pos + wrapped.size());
-    if (out.contains(key)) {
-      out[key] = item.value();
-    } else {
-      out.insert(key, item.value());
-    }
-  }
-  return out;
-}
-
 OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict& adapter, const StateDict& base,
                                       const OfflineMergeOptions& options) {
   const double scale = options.scale;
-  const detail::Tuner& tuner = tuner_of(config);
-  const std::string marker = std::string(".") + tuner.prefix();
+  const detail::Method& method = detail::require_method(config.peft_type());
   OfflineMergeResult result;
 
   // The adapter's tensors per module, and the container names each module's keys use.
   std::map<std::string, StateDict> per_module;
   std::map<std::string, std::set<std::string>> containers;
   for (const auto& item : adapter) {
-    const std::string key = strip_save_prefix(item.key());
-    const std::string module = module_of(key, marker);
+    const std::string key = detail::strip_save_prefix(item.key());
+    const std::string module = detail::module_of_key(key, method.prefix());
     if (module.empty()) continue;
     const std::string rest = key.substr(module.size() + 1);
     containers[module].insert(rest.substr(0, rest.find('.')));
@@ -176,7 +128,15 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   auto root = std::make_shared<torch::nn::Module>();
   StateDict weights;
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> layers;
-  const bool fan_in_fan_out = nlohmann::json::parse(config.to_json_string()).value("fan_in_fan_out", false);
+  const detail::ConfigField* fan_in_fan_out_field = method.field("fan_in_fan_out");
+  const bool fan_in_fan_out = fan_in_fan_out_field && fan_in_fan_out_field->value(config) == true;
+  // Which containers mean the base layer was an Embedding is the method's to say (lora_embedding_A, ...).
+  auto is_embedding = [&](const std::set<std::string>& names) {
+    for (const auto& name : method.embedding_containers()) {
+      if (names.count(name)) return true;
+    }
+    return false;
+  };
   for (const auto& [module, tensors] : per_module) {
     const at::Tensor* weight = base.find(module + ".weight");
     if (!weight) {
@@ -184,7 +144,8 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
       continue;
     }
     const at::Tensor* bias = base.find(module + ".bias");
-    auto layer = stand_in(module, *weight, bias ? *bias : at::Tensor(), containers[module], fan_in_fan_out, options.in_place);
+    auto layer = stand_in(module, *weight, bias ? *bias : at::Tensor(), is_embedding(containers[module]), fan_in_fan_out,
+                          options.in_place);
     place(*root, module, layer);
     layers.emplace_back(module, layer);
     for (const auto& item : tensors) weights.insert(item.key(), item.value());
@@ -204,7 +165,7 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
       const at::Tensor& w = *detail::parameters_of(*layer).find("weight");
       before[module] = {scale != 1.0 ? w.clone() : at::Tensor(), b ? b->clone() : at::Tensor()};
     }
-    detail::inject(*effective, *root, "default", /*low_cpu_mem_usage=*/true, weights, detail::caller_probes());
+    inject_adapter_in_model(*effective, root, "default", /*low_cpu_mem_usage=*/true, weights);
     const LoadResult loaded = set_peft_model_state_dict(*root, weights, "default", /*low_cpu_mem_usage=*/true);
     if (!loaded.missing_keys.empty()) {
       throw StateDictError("The adapter lacks tensors its config needs, e.g. '" + loaded.missing_keys.front() + "'.");

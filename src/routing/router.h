@@ -1,37 +1,46 @@
 #pragma once
 
-// Where a layer's forward goes: to its adapters when it has any, otherwise straight to LibTorch's
-// implementation. The unadapted case costs one load and one compare (see find_tuner).
+// Where a layer's forward goes: to its adapters when it has any, otherwise straight to LibTorch's own
+// forward. The drop-in layers (<peft/layers.h>) call route() from their forward; libpeft_interpose calls it
+// from its definitions of LibTorch's forwards. The unadapted case costs one load and one compare.
+//
+// These functions are exported for libpeft_interpose only; they are not API.
 
-#include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
+#include <ATen/core/Tensor.h>
 
-#include "core/tuner_layer.h"
+#include <peft/export.h>
+#include <peft/layers.h>
 
 namespace peft::detail {
 
-/// LibTorch's own forward of `Layer` (never the routed one).
-template <class Layer>
-at::Tensor original_forward(Layer& layer, const at::Tensor& input);
+/// LibTorch's own forward of each routed layer type (never a routed one).
+struct OriginalForwards {
+#define PEFT_ORIGINAL(Name) at::Tensor (*Name)(torch::nn::Name##Impl&, const at::Tensor&) = nullptr;
+  PEFT_ROUTED_LAYERS(PEFT_ORIGINAL)
+#undef PEFT_ORIGINAL
+};
 
-template <class Layer>
-at::Tensor route(Layer& layer, const at::Tensor& input) {
-  if (TunerLayer* tuner = find_tuner(layer)) {
-    return tuner->forward(layer, input, [&layer](const at::Tensor& x) { return original_forward<Layer>(layer, x); });
-  }
-  return original_forward<Layer>(layer, input);
-}
+/// Called by libpeft_interpose when it is loaded: it defines LibTorch's layer forwards itself, so a direct
+/// call from here would come back to it; these are LibTorch's, found behind it in the linker's order.
+PEFT_API void install_original_forwards(const OriginalForwards& originals);
+/// Whether libpeft_interpose is loaded in this process (it does not say whether its forwards win: see
+/// routes_torch_layers()).
+bool interpose_library_loaded();
 
-extern template at::Tensor original_forward(torch::nn::LinearImpl&, const at::Tensor&);
-extern template at::Tensor original_forward(torch::nn::EmbeddingImpl&, const at::Tensor&);
-extern template at::Tensor original_forward(torch::nn::Conv1dImpl&, const at::Tensor&);
-extern template at::Tensor original_forward(torch::nn::Conv2dImpl&, const at::Tensor&);
-extern template at::Tensor original_forward(torch::nn::Conv3dImpl&, const at::Tensor&);
-extern template at::Tensor original_forward(torch::nn::LayerNormImpl&, const at::Tensor&);
+#define PEFT_ROUTE(Name)                                                                   \
+  PEFT_API at::Tensor route(torch::nn::Name##Impl& layer, const at::Tensor& input);        \
+  PEFT_API at::Tensor original_forward(torch::nn::Name##Impl& layer, const at::Tensor& input);
+PEFT_ROUTED_LAYERS(PEFT_ROUTE)
+#undef PEFT_ROUTE
 
-/// Whether this build routes calls of unmodified LibTorch layers (PEFT_INTERPOSE).
-bool interposition_built();
+/// Throws peft::Error when `layer` is LibTorch's clone of a layer that carries adapters. LibTorch's clone()
+/// copies the layer object, empties the copy's registries and calls reset() on it; the copy's weight member
+/// (`weight_member`) still holds the original's tensor at that point. libpeft_interpose's reset() asks this
+/// before LibTorch's reset runs, so such a clone stops with an error that says what to do instead of
+/// LibTorch's "does not have the same number of child modules".
+PEFT_API void refuse_clone_of_adapted_layer(const torch::nn::Module& layer, const at::Tensor& weight_member,
+                                            const char* layer_type);
+/// The same for a drop-in layer's own clone(): refuses when `layer` carries adapters.
+void refuse_clone_of_adapted_layer(const torch::nn::Module& layer, const char* layer_type);
 
 }  // namespace peft::detail

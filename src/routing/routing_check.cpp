@@ -1,13 +1,11 @@
 #include "routing/routing_check.h"
 
+#include <map>
 #include <mutex>
-#include <set>
-#include <utility>
 
 #include <peft/error.h>
-#include <peft/layers.h>
 
-#include "core/tuner_layer.h"
+#include "core/adapter_layer.h"
 #include "routing/router.h"
 
 namespace peft::detail {
@@ -15,112 +13,89 @@ namespace {
 
 thread_local bool probe_reached = false;
 
-// A tuner that only records that a call arrived.
-class ProbeTuner final : public TunerLayer {
+// An adapter layer that only records that a call arrived.
+class ProbeLayer final : public AdapterLayer {
  public:
-  using TunerLayer::TunerLayer;
-  const char* peft_type() const override { return "ROUTING_PROBE"; }
+  explicit ProbeLayer(const BaseLayer& base) : AdapterLayer(base, "peft_routing_probe") {}
+  std::string peft_type() const override { return "ROUTING_PROBE"; }
   at::Tensor forward(torch::nn::Module&, const at::Tensor& input, BaseForward) override {
     probe_reached = true;
     return input;
   }
   std::vector<std::string> container_names() const override { return {"peft_routing_probe"}; }
   void remove_adapter(torch::nn::Module&, const std::string&) override {}
-
- protected:
-  void publish() override {}
 };
 
-template <class Layer>
-std::shared_ptr<Layer> make_probe_layer(std::shared_ptr<Layer> layer, LayerKind kind) {
-  auto anchor = std::make_shared<AnchoredModuleDictImpl>();
-  anchor->tuner = std::make_shared<ProbeTuner>(BaseLayer{kind, layer.get()});
-  layer->register_module("peft_routing_probe", anchor);
-  return layer;
+// A one-unit layer of each kind.
+torch::nn::LinearImpl probe_shape(torch::nn::LinearImpl*) { return torch::nn::LinearImpl(1, 1); }
+torch::nn::EmbeddingImpl probe_shape(torch::nn::EmbeddingImpl*) { return torch::nn::EmbeddingImpl(1, 1); }
+torch::nn::Conv1dImpl probe_shape(torch::nn::Conv1dImpl*) { return torch::nn::Conv1dImpl(1, 1, 1); }
+torch::nn::Conv2dImpl probe_shape(torch::nn::Conv2dImpl*) { return torch::nn::Conv2dImpl(1, 1, 1); }
+torch::nn::Conv3dImpl probe_shape(torch::nn::Conv3dImpl*) { return torch::nn::Conv3dImpl(1, 1, 1); }
+torch::nn::LayerNormImpl probe_shape(torch::nn::LayerNormImpl*) {
+  return torch::nn::LayerNormImpl(torch::nn::LayerNormOptions({1}));
 }
 
-template <class Layer>
-bool reaches(at::Tensor (*probe)(Layer&, const at::Tensor&), Layer& layer) {
-  probe_reached = false;
-  try {
-    probe(layer, at::Tensor());
-  } catch (const std::exception&) {
-    // LibTorch's own forward ran and rejected the empty probe input: the call was not routed.
-  }
-  return probe_reached;
-}
-
-bool probe(LayerKind kind, const CallerProbes& probes) {
-  switch (kind) {
-    case LayerKind::Linear: {
-      static auto layer = make_probe_layer(std::make_shared<torch::nn::LinearImpl>(1, 1), kind);
-      return reaches(probes.linear, *layer);
+bool probe(LayerKind kind) {
+  return with_layer_type(kind, [kind](auto* type) {
+    using Layer = std::remove_pointer_t<decltype(type)>;
+    auto layer = std::make_shared<Layer>(probe_shape(type));
+    auto anchor = std::make_shared<AnchoredModuleDictImpl>();
+    anchor->adapters = std::make_shared<ProbeLayer>(BaseLayer{kind, layer.get()});
+    layer->register_module("peft_routing_probe", anchor);
+    probe_reached = false;
+    try {
+      // Bound through the dynamic linker like any caller's: to libpeft_interpose's forward when it wins.
+      layer->Layer::forward(at::Tensor());
+    } catch (const std::exception&) {
+      // LibTorch's own forward ran and rejected the empty probe input: the call was not routed.
     }
-    case LayerKind::Embedding: {
-      static auto layer = make_probe_layer(std::make_shared<torch::nn::EmbeddingImpl>(1, 1), kind);
-      return reaches(probes.embedding, *layer);
-    }
-    case LayerKind::Conv1d: {
-      static auto layer = make_probe_layer(std::make_shared<torch::nn::Conv1dImpl>(torch::nn::Conv1dOptions(1, 1, 1)), kind);
-      return reaches(probes.conv1d, *layer);
-    }
-    case LayerKind::Conv2d: {
-      static auto layer = make_probe_layer(std::make_shared<torch::nn::Conv2dImpl>(torch::nn::Conv2dOptions(1, 1, 1)), kind);
-      return reaches(probes.conv2d, *layer);
-    }
-    case LayerKind::Conv3d: {
-      static auto layer = make_probe_layer(std::make_shared<torch::nn::Conv3dImpl>(torch::nn::Conv3dOptions(1, 1, 1)), kind);
-      return reaches(probes.conv3d, *layer);
-    }
-    case LayerKind::LayerNorm: {
-      static auto layer = make_probe_layer(std::make_shared<torch::nn::LayerNormImpl>(torch::nn::LayerNormOptions({1})), kind);
-      return reaches(probes.layer_norm, *layer);
-    }
-    case LayerKind::LinearLike:
-      return true;
-  }
-  return false;
+    return probe_reached;
+  });
 }
 
 }  // namespace
 
+bool routing_reaches(LayerKind kind) {
+  if (kind == LayerKind::LinearLike) return true;
+  static std::mutex mutex;
+  static std::map<LayerKind, bool> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = known.find(kind);
+  if (it == known.end()) it = known.emplace(kind, probe(kind)).first;
+  return it->second;
+}
+
 bool needs_routing(const torch::nn::Module& module, LayerKind kind) {
   switch (kind) {
-    case LayerKind::Linear: return !dynamic_cast<const peft::LinearImpl*>(&module);
-    case LayerKind::Embedding: return !dynamic_cast<const peft::EmbeddingImpl*>(&module);
-    case LayerKind::Conv1d: return !dynamic_cast<const peft::Conv1dImpl*>(&module);
-    case LayerKind::Conv2d: return !dynamic_cast<const peft::Conv2dImpl*>(&module);
-    case LayerKind::Conv3d: return !dynamic_cast<const peft::Conv3dImpl*>(&module);
-    case LayerKind::LayerNorm: return !dynamic_cast<const peft::LayerNormImpl*>(&module);
+#define PEFT_CASE(Name) \
+  case LayerKind::Name: return !dynamic_cast<const peft::Name##Impl*>(&module);
+    PEFT_ROUTED_LAYERS(PEFT_CASE)
+#undef PEFT_CASE
     case LayerKind::LinearLike: return false;
   }
   return true;
 }
 
-void check_routing(LayerKind kind, const CallerProbes& probes) {
-  static std::mutex mutex;
-  static std::set<std::pair<const CallerProbes*, LayerKind>> verified;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (verified.count({&probes, kind})) return;
-  if (!probe(kind, probes)) {
-    const std::string type = std::string("torch::nn::") + layer_kind_name(kind);
-    std::string message =
-        "peft-cpp: adapters injected into " + type + " layers would be silently skipped: forward calls from "
-        "this program go straight to LibTorch's " + type + "Impl::forward. ";
-    if (interposition_built()) {
-      message +=
-          "Link libpeft before LibTorch (CMake: target_link_libraries(your_target PRIVATE peft::peft), without "
-          "listing torch/${TORCH_LIBRARIES} before it; plain linker flags: -lpeft before -ltorch -ltorch_cpu -lc10), "
-          "use a shared LibTorch, and load libpeft together with your program rather than later with "
-          "dlopen(RTLD_LOCAL). ";
-    } else {
-      message += "This build of peft-cpp does not route calls (PEFT_INTERPOSE=OFF). ";
-    }
-    message += "Or build the model from peft::" + std::string(layer_kind_name(kind)) +
-               " (<peft/layers.h>), a drop-in " + type + " whose forward always reaches its adapters.";
-    throw RoutingError(message);
+void check_routing(LayerKind kind) {
+  if (routing_reaches(kind)) return;
+  const std::string type = std::string("torch::nn::") + layer_kind_name(kind);
+  std::string message = "peft-cpp: adapters injected into " + type + " layers would be silently skipped: forward calls in "
+                        "this process go straight to LibTorch's " + type + "Impl::forward. ";
+  if (interpose_library_loaded()) {
+    message +=
+        "libpeft_interpose is loaded but comes after LibTorch in the dynamic linker's search order. Link libpeft "
+        "before LibTorch (CMake: target_link_libraries(your_target PRIVATE peft::peft), without listing "
+        "torch/${TORCH_LIBRARIES} before it; plain linker flags: -lpeft_interpose -lpeft before -ltorch -ltorch_cpu "
+        "-lc10), use a shared LibTorch, and load peft together with your program rather than later with "
+        "dlopen(RTLD_LOCAL). ";
+  } else {
+    message += "libpeft_interpose, which routes calls of unmodified LibTorch layers, is not loaded (linked peft::core "
+               "only, or built with PEFT_INTERPOSE=OFF): link peft::peft. ";
   }
-  verified.insert({&probes, kind});
+  message += "Or build the model from peft::" + std::string(layer_kind_name(kind)) +
+             " (<peft/layers.h>), a drop-in " + type + " whose forward always reaches its adapters.";
+  throw RoutingError(message);
 }
 
 }  // namespace peft::detail

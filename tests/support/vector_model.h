@@ -19,6 +19,9 @@ enum class LayerStyle {
   Peft,   // peft::Linear & co. (adapter-aware drop-ins)
 };
 
+/// The style every build can run: LibTorch's layers where calls are routed, the drop-ins otherwise.
+constexpr LayerStyle kDefaultStyle = PEFT_TEST_ROUTED_LAYERS ? LayerStyle::Torch : LayerStyle::Peft;
+
 /// transformers' Conv1D (GPT-2): weight (in, out), y = x @ W + b; adaptable through peft::LinearLike.
 struct GPT2Conv1DImpl : torch::nn::Module, peft::LinearLike {
   torch::Tensor weight, bias;
@@ -32,7 +35,7 @@ TORCH_MODULE(GPT2Conv1D);
 
 class VectorModelImpl : public torch::nn::Module {
  public:
-  explicit VectorModelImpl(const nlohmann::json& model_json, LayerStyle style = LayerStyle::Torch);
+  explicit VectorModelImpl(const nlohmann::json& model_json, LayerStyle style = kDefaultStyle);
   torch::Tensor forward(const torch::Tensor& x);
   /// Copies base.safetensors into the parameters (every parameter must be present).
   void load_base(const peft::StateDict& weights);
@@ -54,7 +57,7 @@ namespace peft_test {
 struct VectorCase;
 
 /// The case's base model with its base weights, in eval mode.
-VectorModel base_model(const VectorCase& c, LayerStyle style = LayerStyle::Torch);
+VectorModel base_model(const VectorCase& c, LayerStyle style = kDefaultStyle);
 /// Injects the case's adapters ("default", then "other" if present) from their adapter_config.json and
 /// loads their adapter_model.safetensors; "other" ends up active when present.
 void inject_case_adapters(VectorModel& model, const VectorCase& c, bool low_cpu_mem_usage = false);

@@ -41,6 +41,11 @@ at::Tensor VectorCase::tensor(const std::string& file, const std::string& key) c
   return *t;
 }
 
+bool supported(const std::string& peft_type) {
+  const std::vector<std::string> types = peft::supported_peft_types();
+  return std::find(types.begin(), types.end(), peft_type) != types.end();
+}
+
 std::vector<std::string> cases_with_peft_type(const std::string& peft_type) {
   std::vector<std::string> out;
   for (const auto& entry : std::filesystem::directory_iterator(vectors_dir())) {

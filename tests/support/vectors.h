@@ -1,6 +1,6 @@
 #pragma once
 
-// Access to ../shared/vectors: reference files written by Python PEFT (see its INDEX.md).
+// Access to tests/data/vectors: reference files written by Python PEFT (see its INDEX.md).
 
 #include <filesystem>
 #include <string>
@@ -28,6 +28,9 @@ struct VectorCase {
   at::Tensor input() const { return tensor("input.safetensors", "x"); }
   nlohmann::json json(const std::string& file) const;
 };
+
+/// Whether peft-cpp has this adapter method (peft::supported_peft_types()).
+bool supported(const std::string& peft_type);
 
 /// Names of the case directories whose adapter_config.json has this peft_type.
 std::vector<std::string> cases_with_peft_type(const std::string& peft_type);

@@ -10,26 +10,42 @@
 #include "commands.h"
 #include "files.h"
 
-// The guide's model, written with plain torch::nn layers.
+namespace peft_cli {
+namespace {
+
+// The guide's model, written with plain torch::nn layers (or peft's drop-ins, where this build of peft-cpp
+// does not route torch::nn calls).
+template <class Embedding, class Linear>
 struct DummyModelImpl : torch::nn::Module {
-  torch::nn::Embedding embedding{nullptr};
-  torch::nn::Linear linear{nullptr}, lm_head{nullptr};
-  DummyModelImpl() {
-    embedding = register_module("embedding", torch::nn::Embedding(10, 10));
-    linear = register_module("linear", torch::nn::Linear(10, 10));
-    lm_head = register_module("lm_head", torch::nn::Linear(10, 10));
+  Embedding embedding{nullptr};
+  Linear linear{nullptr}, lm_head{nullptr};
+  DummyModelImpl() : torch::nn::Module("DummyModel") {
+    embedding = register_module("embedding", Embedding(10, 10));
+    linear = register_module("linear", Linear(10, 10));
+    lm_head = register_module("lm_head", Linear(10, 10));
   }
   torch::Tensor forward(torch::Tensor ids) { return lm_head(linear(embedding(ids))); }
 };
-TORCH_MODULE(DummyModel);
 
-namespace peft_cli {
+template <class DummyModel>
+int run_demo(const fs::path& dir, std::ostream& out);
+
+}  // namespace
 
 int demo(const fs::path& dir, std::ostream& out) {
+  if (peft::routes_torch_layers()) return run_demo<DummyModelImpl<torch::nn::Embedding, torch::nn::Linear>>(dir, out);
+  out << "(this build does not route torch::nn calls: the model is built from peft::Embedding / peft::Linear)\n";
+  return run_demo<DummyModelImpl<peft::Embedding, peft::Linear>>(dir, out);
+}
+
+namespace {
+
+template <class DummyModel>
+int run_demo(const fs::path& dir, std::ostream& out) {
   fs::remove_all(dir);
   fs::create_directories(dir / "base");
   torch::manual_seed(0);
-  DummyModel model;
+  auto model = std::make_shared<DummyModel>();
   model->eval();
   const auto ids = torch::tensor({{0, 1, 2, 3, 4, 5, 6, 7}});
   const auto before = model->forward(ids);
@@ -43,7 +59,7 @@ int demo(const fs::path& dir, std::ostream& out) {
   out << *model << "\n";
   peft::print_trainable_parameters(*model, out);
   const auto adapted = model->forward(ids);
-  out << "output moved by the adapter: max |diff| = " << (adapted - before).abs().max().item<float>() << "\n\n";
+  out << "output moved by the adapter: max |diff| = " << (adapted - before).abs().max().template item<float>() << "\n\n";
 
   out << "== 2. save it as Python PEFT would (adapter_config.json + adapter_model.safetensors)\n";
   peft::save_adapter(*model, (dir / "adapter").string());
@@ -61,18 +77,19 @@ int demo(const fs::path& dir, std::ostream& out) {
   merge_options.out = dir / "merged";
   merge(merge_options, out);
 
-  DummyModel merged;
+  auto merged = std::make_shared<DummyModel>();
   merged->eval();
   const peft::StateDict weights = peft::safetensors::load_file((dir / "merged" / "model.safetensors").string());
   {
     torch::NoGradGuard no_grad;
     for (auto& p : merged->named_parameters()) p.value().copy_(weights[p.key()]);
   }
-  const float diff = (merged->forward(ids) - adapted).abs().max().item<float>();
+  const float diff = (merged->forward(ids) - adapted).abs().max().template item<float>();
   out << "plain model with the merged weights vs the adapted model: max |diff| = " << diff << "\n";
   const bool ok = diff < 1e-4f;
   out << (ok ? "demo ok" : "demo FAILED: the merged weights do not reproduce the adapter") << "\n";
   return ok ? 0 : 1;
 }
 
+}  // namespace
 }  // namespace peft_cli

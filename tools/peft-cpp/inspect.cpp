@@ -6,10 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include <peft/offline_merge.h>
+#include <peft/adapter_info.h>
 
 #include "commands.h"
-#include "core/matching.h"
 #include "files.h"
 
 namespace peft_cli {
@@ -58,29 +57,6 @@ std::vector<std::string> compress(const std::vector<std::string>& names) {
   return out;
 }
 
-std::string strip(const std::string& key) {
-  return key.compare(0, kSavePrefix.size(), kSavePrefix) == 0 ? key.substr(kSavePrefix.size()) : key;
-}
-
-// The rank a module's tensors show, for the low-rank methods; -1 when the method has no single rank.
-int64_t rank_of(const std::string& type, const std::string& module, const peft::StateDict& weights) {
-  auto find = [&](const std::string& rest) -> const at::Tensor* {
-    for (const auto& prefix : {kSavePrefix, std::string()}) {
-      if (const at::Tensor* t = weights.find(prefix + module + "." + rest)) return t;
-    }
-    return nullptr;
-  };
-  if (type == "LORA") {
-    if (const at::Tensor* a = find("lora_A.weight")) return a->size(0);
-    if (const at::Tensor* a = find("lora_embedding_A")) return a->size(0);
-  } else if (type == "ADALORA") {
-    if (const at::Tensor* e = find("lora_E")) return e->size(0);
-  } else if (type == "LOHA") {
-    if (const at::Tensor* b = find("hada_w1_b")) return b->size(0);
-  }
-  return -1;
-}
-
 }  // namespace
 
 void inspect(const InspectOptions& options, std::ostream& out) {
@@ -116,63 +92,29 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     report["method"] = type;
     report["peft_version"] = config.peft_version() ? nlohmann::json(*config.peft_version()) : nlohmann::json(nullptr);
     report["base_model_name_or_path"] = fields.value("base_model_name_or_path", nlohmann::json(nullptr));
-    const std::vector<std::string> modules = peft::adapted_module_names(config, adapter.weights);
-    report["module_count"] = modules.size();
-    report["modules"] = compress(modules);
-
-    // Rank and alpha per module (rank_pattern / alpha_pattern resolved), grouped.
-    const char* alpha_field = fields.contains("lora_alpha") ? "lora_alpha" : fields.contains("alpha") ? "alpha" : nullptr;
-    peft::PatternMap<int64_t> rank_pattern;
-    peft::PatternMap<double> alpha_pattern;
-    if (fields.contains("rank_pattern") && fields["rank_pattern"].is_object()) {
-      for (const auto& [k, v] : fields["rank_pattern"].items()) {
-        if (v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))) {
-          rank_pattern.emplace_back(k, v.get<int64_t>());
-        }
-      }
-    }
-    if (fields.contains("alpha_pattern") && fields["alpha_pattern"].is_object()) {
-      for (const auto& [k, v] : fields["alpha_pattern"].items()) {
-        if (v.is_number()) alpha_pattern.emplace_back(k, v.get<double>());
-      }
-    }
-    const peft::detail::PatternLookup<int64_t> ranks(rank_pattern, "rank_pattern");
-    const peft::detail::PatternLookup<double> alphas(alpha_pattern, "alpha_pattern");
+    // Rank and alpha per module (rank_pattern / alpha_pattern resolved), grouped; what the method says.
+    const std::vector<peft::AdaptedModuleInfo> modules = peft::describe_adapted_modules(config, adapter.weights);
+    std::vector<std::string> names;
     std::map<std::pair<int64_t, double>, std::vector<std::string>> groups;
-    const int64_t default_r = fields.value("r", int64_t{-1});
-    for (const auto& module : modules) {
-      const int64_t rank = rank_of(type, module, adapter.weights);
-      const double alpha = alpha_field ? alphas.lookup(module, fields[alpha_field].get<double>()) : 0.0;
-      groups[{rank, alpha}].push_back(module);
-      if (type == "LORA" && rank >= 0 && default_r >= 0) {
-        const int64_t expected = ranks.lookup(module, default_r);
-        if (expected != rank) {
-          warnings.push_back(module + ": rank " + std::to_string(rank) + " in the file, but the config gives " +
-                             std::to_string(expected) + " (r / rank_pattern)");
-        }
-      }
+    bool any_alpha = false;
+    for (const auto& info : modules) {
+      names.push_back(info.name);
+      any_alpha = any_alpha || info.alpha.has_value();
+      groups[{info.rank.value_or(-1), info.alpha.value_or(0.0)}].push_back(info.name);
+      for (const auto& problem : info.problems) warnings.push_back(info.name + ": " + problem);
     }
+    report["module_count"] = modules.size();
+    report["modules"] = compress(names);
     nlohmann::json rank_groups = nlohmann::json::array();
-    for (const auto& [key, names] : groups) {
+    for (const auto& [key, group] : groups) {
       nlohmann::json g;
       g["rank"] = key.first >= 0 ? nlohmann::json(key.first) : nlohmann::json(nullptr);
-      g["alpha"] = alpha_field ? nlohmann::json(key.second) : nlohmann::json(nullptr);
-      g["modules"] = compress(names);
+      g["alpha"] = any_alpha ? nlohmann::json(key.second) : nlohmann::json(nullptr);
+      g["modules"] = compress(group);
       rank_groups.push_back(g);
     }
     report["ranks"] = rank_groups;
 
-    // Shape consistency of LoRA's factors.
-    if (type == "LORA") {
-      for (const auto& module : modules) {
-        const at::Tensor* a = adapter.weights.find(kSavePrefix + module + ".lora_A.weight");
-        const at::Tensor* b = adapter.weights.find(kSavePrefix + module + ".lora_B.weight");
-        if (a && b && a->size(0) != b->size(1)) {
-          warnings.push_back(module + ": lora_A has rank " + std::to_string(a->size(0)) + " but lora_B has " +
-                             std::to_string(b->size(1)));
-        }
-      }
-    }
     // Keys that are neither the method's tensors nor whole-tensor replacements (modules_to_save, biases).
     std::vector<std::string> others;
     for (const auto& item : peft::replaced_base_tensors(config, adapter.weights)) others.push_back(item.key());

@@ -12,12 +12,10 @@
 #include <peft/error.h>
 #include <peft/tuners/adalora/config.h>
 
-#include "core/json_config.h"
 #include "core/model_adapters.h"
-#include "tuners/common/config_checks.h"
 #include "tuners/common/conv_functional.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
-#include "tuners/lora/config_json.h"
 
 namespace peft::detail::adalora {
 namespace {
@@ -30,7 +28,7 @@ const std::vector<DictAdapterLayer::Container>& containers() {
 
 class AdaLoraLayer final : public DictAdapterLayer {
  public:
-  explicit AdaLoraLayer(const BaseLayer& base) : DictAdapterLayer(base, "ADALORA", containers()) {}
+  AdaLoraLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
@@ -68,38 +66,14 @@ class AdaLoraLayer final : public DictAdapterLayer {
   }
 };
 
-class AdaLoraPlanner final : public LayerPlanner {
+class AdaLoraBuilder final : public AdapterBuilder {
  public:
-  explicit AdaLoraPlanner(AdaLoraConfig& config) : config_(config) {}
+  AdaLoraBuilder(const Method& method, AdaLoraConfig& config) : method_(method), config_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    int64_t in = base.in_features;
-    switch (base.kind) {
-      case LayerKind::Linear:
-        if (config_.fan_in_fan_out()) {
-          TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
-          config_.fan_in_fan_out(false);
-        }
-        break;
-      case LayerKind::LinearLike:
-        if (base.fan_in_fan_out && !config_.fan_in_fan_out()) {
-          TORCH_WARN("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-          config_.fan_in_fan_out(true);
-        }
-        break;
-      case LayerKind::Conv2d: {
-        const ConvGeometry g = conv_geometry(*base.module, base.kind);
-        if (g.groups != 1) {
-          throw UnsupportedLayerError("AdaLoRA cannot adapt the grouped convolution '" + request.module_name +
-                                      "' (groups=" + std::to_string(g.groups) + ").");
-        }
-        in = g.in_channels * g.kernel[0] * g.kernel[1];
-        break;
-      }
-      default:
-        unsupported_layer("AdaLoRA", *base.module, "`torch::nn::Linear`, `torch::nn::Conv2d` and peft::LinearLike (Conv1D)");
-    }
+    align_fan_in_fan_out(base, config_.fan_in_fan_out());
+    const int64_t in = base.kind == LayerKind::Conv2d ? ungrouped_conv_fan_in(request, method_) : base.in_features;
     const int64_t init_r = config_.init_r();
     int64_t r = init_r;
     // A saved adapter's rank_pattern: the layer keeps only its allocated ranks (ranknum stays init_r, as
@@ -134,8 +108,7 @@ class AdaLoraPlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = record;
     adapter.tensors = {{A, a}, {B, b}, {E, e}, {RANKNUM, ranknum}};
-    return prepare_dict_adapter(request, "ADALORA", containers(), [base] { return std::make_shared<AdaLoraLayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<AdaLoraLayer>(request, method_, std::move(adapter));
   }
 
  private:
@@ -149,131 +122,8 @@ class AdaLoraPlanner final : public LayerPlanner {
     return nullptr;
   }
 
+  const Method& method_;
   AdaLoraConfig& config_;
-};
-
-AdaLoraRankPattern read_rank_pattern(JsonConfigReader& in) {
-  const nlohmann::json* raw = in.raw("rank_pattern");
-  if (!raw) return {};
-  if (!raw->is_object()) in.fail("rank_pattern", "must be null or an object of boolean lists");
-  AdaLoraRankPattern pattern;
-  for (const auto& [key, value] : raw->items()) {
-    if (!value.is_array()) in.fail("rank_pattern", "entry '" + key + "' must be a list of booleans");
-    std::vector<bool> kept;
-    for (const auto& flag : value) {
-      if (!flag.is_boolean()) in.fail("rank_pattern", "entry '" + key + "' must be a list of booleans");
-      kept.push_back(flag.get<bool>());
-    }
-    pattern[key] = std::move(kept);
-  }
-  return pattern;
-}
-
-class AdaLoraTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "ADALORA"; }
-  const char* prefix() const override { return "lora_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto c = std::make_shared<AdaLoraConfig>();
-    c->init_r(in.get_int("init_r", c->init_r()));
-    c->target_r(in.get_int("target_r", c->target_r()));
-    c->tinit(in.get_int("tinit", c->tinit()));
-    c->tfinal(in.get_int("tfinal", c->tfinal()));
-    c->deltaT(in.get_int("deltaT", c->deltaT()));
-    c->beta1(in.get_number("beta1", c->beta1()));
-    c->beta2(in.get_number("beta2", c->beta2()));
-    c->orth_reg_weight(in.get_number("orth_reg_weight", c->orth_reg_weight()));
-    if (in.raw("total_step")) c->total_step(in.get_int("total_step", 0));
-    if (in.raw("rank_pattern")) c->rank_pattern(read_rank_pattern(in));
-    c->lora_alpha(in.get_number("lora_alpha", c->lora_alpha()));
-    c->lora_dropout(in.get_number("lora_dropout", c->lora_dropout()));
-    c->fan_in_fan_out(in.get_bool("fan_in_fan_out", c->fan_in_fan_out()));
-    c->bias(in.get_string("bias", c->bias()));
-    c->init_lora_weights(in.get_bool("init_lora_weights", c->init_lora_weights()));
-    c->r(in.get_int("r", c->r()));
-    // LoraConfig fields AdaLoRA does not use (Python rejects DoRA and LoftQ for AdaLoRA outright).
-    in.accept_only_neutral("use_rslora", "AdaLoRA scales by lora_alpha / ranknum");
-    in.accept_only_neutral("use_dora", "ADALORA does not support DoRA.");
-    in.accept_only_neutral("lora_bias", "AdaLoRA has no lora_bias");
-    in.accept_only_neutral("alpha_pattern", "AdaLoRA has no alpha_pattern", nlohmann::json::object());
-    in.accept_only_neutral("target_parameters", "targeting parameters is not supported");
-    lora::read_unused_lora_fields(in);
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const AdaLoraConfig&>(base);
-    out["init_r"] = c.init_r();
-    out["target_r"] = c.target_r();
-    out["tinit"] = c.tinit();
-    out["tfinal"] = c.tfinal();
-    out["deltaT"] = c.deltaT();
-    out["beta1"] = c.beta1();
-    out["beta2"] = c.beta2();
-    out["orth_reg_weight"] = c.orth_reg_weight();
-    out["total_step"] = c.total_step() ? nlohmann::json(*c.total_step()) : nlohmann::json(nullptr);
-    out["rank_pattern"] = nullptr;
-    if (c.rank_pattern()) {
-      out["rank_pattern"] = nlohmann::json::object();
-      for (const auto& [key, kept] : *c.rank_pattern()) out["rank_pattern"][key] = kept;
-    }
-    out["lora_alpha"] = number_to_json(c.lora_alpha());
-    out["lora_dropout"] = c.lora_dropout();
-    out["fan_in_fan_out"] = c.fan_in_fan_out();
-    out["bias"] = c.bias();
-    out["init_lora_weights"] = c.init_lora_weights();
-    out["r"] = c.r();
-    out["use_rslora"] = false;
-    out["use_dora"] = false;
-    out["lora_bias"] = false;
-    out["alpha_pattern"] = nlohmann::json::object();
-    out["target_parameters"] = nullptr;
-    lora::write_unused_lora_fields(out);
-  }
-
-  bool checks_other_adapters() const override { return true; }
-
-  void check_new_adapter(const PeftConfig& config,
-                         const std::vector<std::shared_ptr<const PeftConfig>>& others) const override {
-    int trainable = config.inference_mode() ? 0 : 1;
-    for (const auto& other : others) {
-      if (other->peft_type() == "ADALORA" && !other->inference_mode()) ++trainable;
-    }
-    if (trainable > 1) {
-      throw ConfigError("AdaLoraModel supports only 1 trainable adapter. When using multiple adapters, set "
-                        "inference_mode to True for all adapters except the one you want to train.");
-    }
-  }
-
-  // Only the ranks the allocator kept are saved (Python's resize_state_dict_by_rank_pattern).
-  void adjust_checkpoint(const PeftConfig& base, StateDict& state_dict) const override {
-    const auto& c = static_cast<const AdaLoraConfig&>(base);
-    if (!c.rank_pattern()) return;
-    for (const auto& [key, kept] : *c.rank_pattern()) {
-      const size_t dot = key.rfind(".lora_E");
-      if (dot == std::string::npos) continue;
-      const std::string prefix = key.substr(0, dot);
-      std::vector<int64_t> index;
-      for (size_t i = 0; i < kept.size(); ++i) {
-        if (kept[i]) index.push_back(static_cast<int64_t>(i));
-      }
-      const auto rank = static_cast<int64_t>(index.size());
-      for (const char* name : {"lora_E", "lora_A", "lora_B"}) {
-        at::Tensor* t = state_dict.find(prefix + "." + name);
-        if (!t) continue;
-        const int64_t dim = std::string(name) == "lora_B" ? 1 : 0;
-        if (t->size(dim) == rank) continue;
-        at::Tensor positions = at::empty({rank}, at::TensorOptions().dtype(at::kLong));
-        std::copy(index.begin(), index.end(), positions.data_ptr<int64_t>());
-        *t = t->index_select(dim, positions.to(t->device()));
-      }
-    }
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<AdaLoraPlanner>(static_cast<AdaLoraConfig&>(config));
-  }
 };
 
 }  // namespace
@@ -281,15 +131,14 @@ class AdaLoraTuner final : public Tuner {
 std::vector<AdaLoraLayerRef> adalora_layers(const torch::nn::Module& model, const std::string& adapter) {
   std::vector<AdaLoraLayerRef> out;
   for (const AdaptedLayer& layer : adapted_layers(model)) {
-    if (std::string(layer.tuner->peft_type()) != "ADALORA" || !layer.tuner->has_adapter(adapter)) continue;
-    out.push_back({layer.name, static_cast<DictAdapterLayer*>(layer.tuner)});
+    if (layer.adapters->peft_type() != AdaLoraConfig().peft_type() || !layer.adapters->has_adapter(adapter)) continue;
+    out.push_back({layer.name, static_cast<DictAdapterLayer*>(layer.adapters)});
   }
   return out;
 }
 
-const Tuner& adalora_tuner() {
-  static const AdaLoraTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, AdaLoraConfig& config) {
+  return std::make_unique<AdaLoraBuilder>(method, config);
 }
 
 }  // namespace peft::detail::adalora

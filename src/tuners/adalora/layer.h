@@ -7,6 +7,9 @@
 
 #include <torch/nn/module.h>
 
+#include <peft/tuners/adalora/config.h>
+
+#include "core/method.h"
 #include "tuners/common/dict_adapter_layer.h"
 
 namespace peft::detail::adalora {
@@ -23,6 +26,9 @@ struct AdaLoraLayerRef {
   std::string name;          // module name in the model
   DictAdapterLayer* layer;   // lora_A / lora_B / lora_E / ranknum by Slot
 };
+
+/// Builds AdaLoRA adapters for one injection.
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, AdaLoraConfig& config);
 
 /// The layers that carry AdaLoRA adapter `adapter`, in module order.
 std::vector<AdaLoraLayerRef> adalora_layers(const torch::nn::Module& model, const std::string& adapter);

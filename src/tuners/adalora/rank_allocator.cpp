@@ -129,7 +129,7 @@ void AdaLoraRankAllocator::store_pattern(const AdaLoraRankPattern& pattern) {
   config_.rank_pattern(pattern);
   auto updated = std::make_shared<const AdaLoraConfig>(config_);
   for (const detail::AdaptedLayer& layer : detail::adapted_layers(model_)) {
-    if (layer.tuner->has_adapter(adapter_)) layer.tuner->replace_config(adapter_, updated);
+    if (layer.adapters->has_adapter(adapter_)) layer.adapters->replace_config(adapter_, updated);
   }
 }
 

@@ -22,9 +22,10 @@
 #include <peft/error.h>
 #include <peft/tuners/boft/config.h>
 
-#include "core/json_config.h"
 #include "tuners/common/conv_functional.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/boft/layer.h"
 
 namespace peft::detail::boft {
 namespace {
@@ -67,7 +68,7 @@ struct Record : AdapterRecord {
 
 class BOFTLayer final : public DictAdapterLayer {
  public:
-  explicit BOFTLayer(const BaseLayer& base) : DictAdapterLayer(base, "BOFT", containers()) {}
+  BOFTLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
@@ -164,29 +165,19 @@ class BOFTLayer final : public DictAdapterLayer {
   }
 };
 
-class BOFTPlanner final : public LayerPlanner {
+class BOFTBuilder final : public AdapterBuilder {
  public:
-  explicit BOFTPlanner(BOFTConfig& config) : config_(config) {}
+  BOFTBuilder(const Method& method, BOFTConfig& config) : method_(method), config_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
     int64_t features = base.in_features;
     std::string what = "in_features";
     if (base.kind == LayerKind::Conv2d) {
-      const ConvGeometry g = conv_geometry(*base.module, base.kind);
-      if (g.groups != 1) {
-        throw UnsupportedLayerError("BOFT cannot adapt the grouped convolution '" + request.module_name + "' (groups=" +
-                                    std::to_string(g.groups) + ").");
-      }
-      features = g.in_channels * g.kernel[0] * g.kernel[1];
+      features = ungrouped_conv_fan_in(request, method_);
       what = "Convolutional kernel dimension";
-    } else if (base.kind == LayerKind::Linear) {
-      if (config_.fan_in_fan_out()) {
-        TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
-        config_.fan_in_fan_out(false);
-      }
     } else {
-      unsupported_layer("BOFT", *base.module, "`torch::nn::Linear` and `torch::nn::Conv2d`");
+      align_fan_in_fan_out(base, config_.fan_in_fan_out());
     }
     const int64_t extra = config_.boft_n_butterfly_factor() - 1;
     int64_t block_size = config_.boft_block_size(), block_num = config_.boft_block_num();
@@ -243,52 +234,17 @@ class BOFTPlanner final : public LayerPlanner {
     adapter.record = record;
     adapter.tensors.emplace_back(R, rotations);
     adapter.tensors.emplace_back(S, scale);
-    return prepare_dict_adapter(request, "BOFT", containers(), [base] { return std::make_shared<BOFTLayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<BOFTLayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   BOFTConfig& config_;
-};
-
-class BOFTTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "BOFT"; }
-  const char* prefix() const override { return "boft_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto c = std::make_shared<BOFTConfig>();
-    c->boft_block_size(in.get_int("boft_block_size", c->boft_block_size()));
-    c->boft_block_num(in.get_int("boft_block_num", c->boft_block_num()));
-    c->boft_n_butterfly_factor(in.get_int("boft_n_butterfly_factor", c->boft_n_butterfly_factor()));
-    c->boft_dropout(in.get_number("boft_dropout", c->boft_dropout()));
-    c->fan_in_fan_out(in.get_bool("fan_in_fan_out", c->fan_in_fan_out()));
-    c->init_weights(in.get_bool("init_weights", c->init_weights()));
-    c->bias(in.get_string("bias", c->bias()));
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const BOFTConfig&>(base);
-    out["boft_block_size"] = c.boft_block_size();
-    out["boft_block_num"] = c.boft_block_num();
-    out["boft_n_butterfly_factor"] = c.boft_n_butterfly_factor();
-    out["boft_dropout"] = c.boft_dropout();
-    out["fan_in_fan_out"] = c.fan_in_fan_out();
-    out["init_weights"] = c.init_weights();
-    out["bias"] = c.bias();
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<BOFTPlanner>(static_cast<BOFTConfig&>(config));
-  }
 };
 
 }  // namespace
 
-const Tuner& boft_tuner() {
-  static const BOFTTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, BOFTConfig& config) {
+  return std::make_unique<BOFTBuilder>(method, config);
 }
-
 }  // namespace peft::detail::boft

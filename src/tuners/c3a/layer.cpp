@@ -15,8 +15,8 @@
 #include <peft/error.h>
 #include <peft/tuners/c3a/config.h>
 
-#include "core/json_config.h"
 #include "core/matching.h"
+#include "tuners/c3a/layer.h"
 #include "tuners/common/pending_adapter.h"
 
 namespace peft::detail::c3a {
@@ -47,7 +47,7 @@ at::Tensor circulant(const at::Tensor& w) {
 
 class C3ALayer final : public DictAdapterLayer {
  public:
-  explicit C3ALayer(const BaseLayer& base) : DictAdapterLayer(base, "C3A", containers()) {}
+  C3ALayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
@@ -73,13 +73,13 @@ class C3ALayer final : public DictAdapterLayer {
   }
 };
 
-class C3APlanner final : public LayerPlanner {
+class C3ABuilder final : public AdapterBuilder {
  public:
-  explicit C3APlanner(const C3AConfig& config) : config_(config), block_sizes_(config.block_size_pattern(), "block_size_pattern") {}
+  C3ABuilder(const Method& method, const C3AConfig& config)
+      : method_(method), config_(config), block_sizes_(config.block_size_pattern(), "block_size_pattern") {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    if (base.kind != LayerKind::Linear) unsupported_layer("C3A", *base.module, "`torch::nn::Linear`");
     const int64_t b = block_sizes_.lookup(request.module_name, config_.block_size());
     const int64_t in = base.in_features, out = base.out_features;
     if (in % b != 0) {
@@ -113,48 +113,19 @@ class C3APlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = std::make_shared<AdapterRecord>(request.adapter_name);
     adapter.tensors.emplace_back(0, kernel);
-    return prepare_dict_adapter(request, "C3A", containers(), [base] { return std::make_shared<C3ALayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<C3ALayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   const C3AConfig& config_;
   PatternLookup<int64_t> block_sizes_;
 };
 
-class C3ATuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "C3A"; }
-  const char* prefix() const override { return "c3a_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto c = std::make_shared<C3AConfig>();
-    c->block_size(in.get_int("block_size", c->block_size()));
-    c->block_size_pattern(in.get_int_map("block_size_pattern"));
-    c->init_weights(in.get_init("init_weights", c->init_weights()));
-    c->bias(in.get_string("bias", c->bias()));
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const C3AConfig&>(base);
-    out["block_size"] = c.block_size();
-    out["block_size_pattern"] = pattern_to_json(c.block_size_pattern());
-    out["init_weights"] = init_to_json(c.init_weights());
-    out["bias"] = c.bias();
-    out.erase("exclude_modules");  // Python's C3AConfig has none
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<C3APlanner>(static_cast<const C3AConfig&>(config));
-  }
-};
-
 }  // namespace
 
-const Tuner& c3a_tuner() {
-  static const C3ATuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const C3AConfig& config) {
+  return std::make_unique<C3ABuilder>(method, config);
 }
 
 }  // namespace peft::detail::c3a

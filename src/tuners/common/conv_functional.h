@@ -6,7 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
-#include "core/base_layer.h"
+#include "core/layer_kinds.h"
 
 namespace peft::detail {
 

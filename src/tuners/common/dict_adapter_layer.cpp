@@ -1,18 +1,14 @@
 #include "tuners/common/dict_adapter_layer.h"
 
-#include <atomic>
-
 #include <ATen/ops/isfinite.h>
 #include <c10/util/Exception.h>
 
 #include <peft/error.h>
 
-#include "core/tensor_slots.h"
-
 namespace peft::detail {
 
-DictAdapterLayer::DictAdapterLayer(const BaseLayer& base, const char* peft_type, std::vector<Container> containers)
-    : TunerLayer(base), peft_type_(peft_type), containers_(std::move(containers)), view_(std::make_shared<View>()) {}
+DictAdapterLayer::DictAdapterLayer(const LayerRequest& request, const Method& method, std::vector<Container> containers)
+    : AdapterLayer(request.base, request.module_name), method_(method), containers_(std::move(containers)) {}
 
 std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdapterLayer::make_containers(
     const std::shared_ptr<DictAdapterLayer>& layer) {
@@ -24,11 +20,11 @@ std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdap
       // The anchor owns the layer; the layer keeps raw pointers to its containers (they live as long as it).
       if (c.holds_modules) {
         auto anchor = std::make_shared<AnchoredModuleDictImpl>();
-        anchor->tuner = layer;
+        anchor->adapters = layer;
         dict = anchor;
       } else {
         auto anchor = std::make_shared<AnchoredParameterDictImpl>();
-        anchor->tuner = layer;
+        anchor->adapters = layer;
         dict = anchor;
       }
     } else if (c.holds_modules) {
@@ -64,11 +60,7 @@ void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig>
   for (auto& [index, module] : adapter.modules) {
     dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[index]).update({{name, module}});
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    records_[name] = std::move(adapter.record);
-  }
-  add_adapter_record(name, std::move(config));
+  add_adapter(std::move(adapter.record), std::move(config));
 }
 
 void DictAdapterLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
@@ -79,10 +71,6 @@ void DictAdapterLayer::remove_adapter(torch::nn::Module&, const std::string& nam
       auto& dict = dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[i]);
       if (dict.contains(name)) dict.pop(name);
     }
-  }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    records_.erase(name);
   }
   remove_adapter_record(name);
 }
@@ -108,28 +96,17 @@ std::shared_ptr<torch::nn::Module> DictAdapterLayer::module(size_t index, const 
   return module ? *module : nullptr;
 }
 
-void DictAdapterLayer::publish() {
-  auto view = std::make_shared<View>();
-  for (const std::string& name : active_) {
-    auto it = records_.find(name);
-    if (it != records_.end()) view->active.push_back(it->second);
-  }
-  view->bypass = view->active.empty() || disabled_ || !merged_.empty();
-  std::atomic_store(&view_, std::shared_ptr<const View>(std::move(view)));
-}
-
 at::Tensor DictAdapterLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
-  const std::shared_ptr<const View> view = std::atomic_load(&view_);
-  if (view->bypass) return base_forward(input);
+  const std::shared_ptr<const AdapterSnapshot> state = snapshot();
+  if (state->bypass()) return base_forward(input);
   if (sample_routing()) {
-    throw ConfigError(std::string("Per-sample adapters (AdapterNamesPerSample) are supported for LoRA only, not ") +
-                      peft_type_ + ".");
+    throw ConfigError("Per-sample adapters (AdapterNamesPerSample) are supported for LoRA only, not " + peft_type() + ".");
   }
-  return forward_active(base, input, view->active, base_forward);
+  return forward_active(base, input, state->active, base_forward);
 }
 
 at::Tensor DictAdapterLayer::delta_weight(const AdapterRecord&) const {
-  throw MergeError(std::string(peft_type_) + " adapters cannot be merged into the base weights.");
+  throw MergeError(peft_type() + " adapters cannot be merged into the base weights.");
 }
 
 std::pair<at::Tensor, at::Tensor> DictAdapterLayer::merge_step(const at::Tensor& weight, const at::Tensor& bias,

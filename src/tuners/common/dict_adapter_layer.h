@@ -2,27 +2,20 @@
 
 // The shared layer for methods whose adapters are tensors in ParameterDicts (or small modules in
 // ModuleDicts) named as in Python PEFT: LoHa's hada_w1_a..., LoKr's lokr_w1..., IA3's ia3_l, OFT's oft_R,
-// BOFT, HRA, FourierFT, C3A, MiSS. It owns the containers, the per-adapter records, the snapshot forward
-// reads, adding/removing adapters and the generic merge (compute every new weight, check, then write).
-// A method supplies what differs: its forward with the active adapters and its merge step.
+// BOFT, HRA, FourierFT, C3A, MiSS, AdaLoRA, LN tuning. It owns the containers, adding/removing adapters and
+// the generic merge (compute every new weight, check, then write). A method supplies what differs: its
+// forward with the active adapters and its merge step.
 
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "core/tuner_layer.h"
+#include "core/adapter_layer.h"
+#include "core/method.h"
 
 namespace peft::detail {
 
-/// What a method keeps per adapter besides its tensors (rank, scaling, flags). Immutable once published.
-struct AdapterRecord {
-  explicit AdapterRecord(std::string adapter_name) : name(std::move(adapter_name)) {}
-  virtual ~AdapterRecord() = default;
-  std::string name;
-};
-
-class DictAdapterLayer : public TunerLayer {
+class DictAdapterLayer : public AdapterLayer {
  public:
   struct Container {
     std::string name;
@@ -37,13 +30,15 @@ class DictAdapterLayer : public TunerLayer {
     std::vector<std::pair<size_t, std::shared_ptr<torch::nn::Module>>> modules;
   };
 
-  DictAdapterLayer(const BaseLayer& base, const char* peft_type, std::vector<Container> containers);
+  DictAdapterLayer(const LayerRequest& request, const Method& method, std::vector<Container> containers);
 
-  /// Makes the containers of a new layer (the first is the anchor owning `layer`).
+  /// Makes this layer's containers (the first is the anchor owning `layer`) for attaching to the base layer.
   static std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> make_containers(
       const std::shared_ptr<DictAdapterLayer>& layer);
 
-  const char* peft_type() const override { return peft_type_; }
+  std::string peft_type() const override { return method_.peft_type(); }
+  const Method& method() const { return method_; }
+  const std::vector<Container>& container_list() const { return containers_; }
   std::vector<std::string> container_names() const override;
   std::vector<std::string> checkpoint_container_names() const override;
 
@@ -78,19 +73,10 @@ class DictAdapterLayer : public TunerLayer {
   /// Whether merging changes the bias too (then safe merges check it as well).
   virtual bool merge_touches_bias() const { return false; }
 
-  void publish() override;
-
  private:
-  struct View {
-    std::vector<std::shared_ptr<const AdapterRecord>> active;
-    bool bypass = true;
-  };
-
-  const char* peft_type_;
+  const Method& method_;
   std::vector<Container> containers_;
   std::vector<torch::nn::Module*> dicts_;  // owned by the base layer (the first is the anchor, which owns this)
-  std::map<std::string, std::shared_ptr<const AdapterRecord>> records_;
-  std::shared_ptr<const View> view_;
 
   friend class PendingDictMerge;
 };

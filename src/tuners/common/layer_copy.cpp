@@ -55,29 +55,18 @@ std::shared_ptr<torch::nn::Module> copy_of(const torch::nn::Module& module) {
 }  // namespace
 
 at::Tensor forward_layer_copy(LayerKind kind, torch::nn::Module& copy, const at::Tensor& x) {
-  switch (kind) {
-    case LayerKind::Linear: return original_forward(dynamic_cast<torch::nn::LinearImpl&>(copy), x);
-    case LayerKind::Embedding: return original_forward(dynamic_cast<torch::nn::EmbeddingImpl&>(copy), x);
-    case LayerKind::Conv1d: return original_forward(dynamic_cast<torch::nn::Conv1dImpl&>(copy), x);
-    case LayerKind::Conv2d: return original_forward(dynamic_cast<torch::nn::Conv2dImpl&>(copy), x);
-    case LayerKind::Conv3d: return original_forward(dynamic_cast<torch::nn::Conv3dImpl&>(copy), x);
-    case LayerKind::LayerNorm: return original_forward(dynamic_cast<torch::nn::LayerNormImpl&>(copy), x);
-    case LayerKind::LinearLike: break;
-  }
-  TORCH_INTERNAL_ASSERT(false, "copy of a layer kind peft-cpp cannot construct");
+  return with_layer_type(kind, [&](auto* type) {
+    using Layer = std::remove_pointer_t<decltype(type)>;
+    return original_forward(dynamic_cast<Layer&>(copy), x);
+  });
 }
 
 std::shared_ptr<torch::nn::Module> copy_layer(const BaseLayer& base) {
-  switch (base.kind) {
-    case LayerKind::Linear: return copy_of<torch::nn::LinearImpl>(*base.module);
-    case LayerKind::Embedding: return copy_of<torch::nn::EmbeddingImpl>(*base.module);
-    case LayerKind::Conv1d: return copy_of<torch::nn::Conv1dImpl>(*base.module);
-    case LayerKind::Conv2d: return copy_of<torch::nn::Conv2dImpl>(*base.module);
-    case LayerKind::Conv3d: return copy_of<torch::nn::Conv3dImpl>(*base.module);
-    case LayerKind::LayerNorm: return copy_of<torch::nn::LayerNormImpl>(*base.module);
-    case LayerKind::LinearLike: break;
-  }
-  return nullptr;
+  if (base.kind == LayerKind::LinearLike) return nullptr;
+  return with_layer_type(base.kind, [&](auto* type) {
+    using Layer = std::remove_pointer_t<decltype(type)>;
+    return copy_of<Layer>(*base.module);
+  });
 }
 
 }  // namespace peft::detail

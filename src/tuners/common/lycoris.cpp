@@ -8,12 +8,9 @@
 
 #include <peft/error.h>
 
-#include "tuners/common/config_checks.h"
 #include "tuners/common/conv_functional.h"
 
 namespace peft::detail {
-
-void kaiming_default(const at::Tensor& tensor) { torch::nn::init::kaiming_uniform_(tensor, std::sqrt(5.0)); }
 
 at::Tensor LycorisLayer::forward_active(torch::nn::Module& base, const at::Tensor& x,
                                         const std::vector<std::shared_ptr<const AdapterRecord>>& active,
@@ -42,18 +39,10 @@ at::Tensor LycorisLayer::forward_active(torch::nn::Module& base, const at::Tenso
 void LycorisSettings::fill(LycorisRecord& record, const std::string& module_name) const {
   record.r = ranks_.lookup(module_name, r_);
   record.alpha = alphas_.lookup(module_name, alpha_);
-  check_positive("r", record.r);
+  positive()("r", record.r);
   record.scaling = record.alpha / static_cast<double>(record.r);
   record.rank_dropout = rank_dropout_;
   record.module_dropout = module_dropout_;
-}
-
-void validate_lycoris(int64_t r, double rank_dropout, double module_dropout,
-                      const PatternMap<int64_t>& rank_pattern) {
-  check_positive("r", r);
-  check_positive_pattern("rank_pattern", rank_pattern);
-  check_probability("rank_dropout", rank_dropout);
-  check_probability("module_dropout", module_dropout);
 }
 
 }  // namespace peft::detail

@@ -3,10 +3,8 @@
 // What LoHa and LoKr (Python PEFT's LycorisLayer / LycorisTuner) share: per-adapter rank and scaling, rank
 // and module dropout, the forward that adds x * dW (linear or convolution), and the config fields.
 
-#include <nlohmann/json.hpp>
-
-#include "core/json_config.h"
 #include "core/matching.h"
+#include "core/method.h"
 #include "tuners/common/dict_adapter_layer.h"
 
 namespace peft::detail {
@@ -50,33 +48,21 @@ class LycorisSettings {
   double alpha_, rank_dropout_, module_dropout_;
 };
 
-/// kaiming_uniform(a=sqrt(5)), PyTorch's default weight init, in place.
-void kaiming_default(const at::Tensor& tensor);
-
+/// The method registration LoHa and LoKr share: Python's LycorisConfig fields, the layers they adapt.
 template <class Config>
-void read_lycoris_fields(JsonConfigReader& in, Config& c) {
-  c.r(in.get_int("r", c.r()));
-  c.alpha(in.get_number("alpha", c.alpha()));
-  c.rank_dropout(in.get_number("rank_dropout", c.rank_dropout()));
-  c.module_dropout(in.get_number("module_dropout", c.module_dropout()));
-  c.use_effective_conv2d(in.get_bool("use_effective_conv2d", c.use_effective_conv2d()));
-  c.rank_pattern(in.get_int_map("rank_pattern"));
-  c.alpha_pattern(in.get_number_map("alpha_pattern"));
-}
-
-template <class Config>
-void write_lycoris_fields(const Config& c, nlohmann::json& out) {
-  out["r"] = c.r();
-  out["alpha"] = number_to_json(c.alpha());
-  out["rank_dropout"] = c.rank_dropout();
-  out["module_dropout"] = c.module_dropout();
-  out["use_effective_conv2d"] = c.use_effective_conv2d();
-  out["rank_pattern"] = pattern_to_json(c.rank_pattern());
-  out["alpha_pattern"] = pattern_to_json(c.alpha_pattern());
-}
-
-/// The checks LyCORIS configs share (r, dropout ranges, layers_pattern).
-void validate_lycoris(int64_t r, double rank_dropout, double module_dropout,
-                      const PatternMap<int64_t>& rank_pattern);
+class LycorisMethod : public MethodOf<Config> {
+ protected:
+  explicit LycorisMethod(std::string prefix) : MethodOf<Config>(std::move(prefix)) {
+    this->layers({LayerKind::Linear, LayerKind::Conv1d, LayerKind::Conv2d});
+    this->field(PEFT_FIELD(r)).check(positive());
+    this->field(PEFT_FIELD(alpha)).python_int();
+    this->field(PEFT_FIELD(rank_dropout)).check(probability());
+    this->field(PEFT_FIELD(module_dropout)).check(probability());
+    this->field(PEFT_FIELD(use_effective_conv2d));
+    this->field(PEFT_FIELD(rank_pattern)).check(positive_values());
+    this->field(PEFT_FIELD(alpha_pattern));
+    this->rank_fields({"r", "rank_pattern", "alpha", "alpha_pattern"});
+  }
+};
 
 }  // namespace peft::detail

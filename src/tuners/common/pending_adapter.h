@@ -5,7 +5,7 @@
 #include <functional>
 #include <memory>
 
-#include "core/tuner_registry.h"
+#include "core/method.h"
 #include "tuners/common/dict_adapter_layer.h"
 
 namespace peft::detail {
@@ -17,14 +17,17 @@ at::TensorOptions adapter_options(const BaseLayer& base, bool low_cpu_mem_usage)
 /// Whether tensors made with these options hold values (so initialising them means something).
 inline bool materialised(const at::TensorOptions& options) { return !options.device().is_meta(); }
 
-/// The change that adds `adapter` to `request`'s layer: into the layer's existing DictAdapterLayer of this
-/// method, or into a new one made by `make_layer` (whose containers are then attached).
-std::unique_ptr<PendingChange> prepare_dict_adapter(const LayerRequest& request, const char* peft_type,
-                                                    const std::vector<DictAdapterLayer::Container>& containers,
-                                                    std::function<std::shared_ptr<DictAdapterLayer>()> make_layer,
+/// The change that adds `adapter` to `request`'s layer: into the layer's existing DictAdapterLayer, or into
+/// a new one made by `make_layer` (whose containers are then attached).
+std::unique_ptr<PendingChange> prepare_dict_adapter(const LayerRequest& request,
+                                                    const std::function<std::shared_ptr<DictAdapterLayer>()>& make_layer,
                                                     DictAdapterLayer::NewAdapter adapter);
 
-/// The "Target module ... is not supported" error of a method, naming what it supports.
-[[noreturn]] void unsupported_layer(const char* method, const torch::nn::Module& module, const char* supported);
+/// The same for a layer class constructed from (request, method): prepare_dict_adapter<HRALayer>(...).
+template <class Layer>
+std::unique_ptr<PendingChange> prepare_dict_adapter(const LayerRequest& request, const Method& method,
+                                                    DictAdapterLayer::NewAdapter adapter) {
+  return prepare_dict_adapter(request, [&] { return std::make_shared<Layer>(request, method); }, std::move(adapter));
+}
 
 }  // namespace peft::detail

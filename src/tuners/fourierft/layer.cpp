@@ -12,9 +12,10 @@
 #include <peft/error.h>
 #include <peft/tuners/fourierft/config.h>
 
-#include "core/json_config.h"
 #include "core/matching.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/fourierft/layer.h"
 
 namespace peft::detail::fourierft {
 namespace {
@@ -32,7 +33,7 @@ struct Record : AdapterRecord {
 
 class FourierFTLayer final : public DictAdapterLayer {
  public:
-  explicit FourierFTLayer(const BaseLayer& base) : DictAdapterLayer(base, "FOURIERFT", containers()) {}
+  FourierFTLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
@@ -64,22 +65,14 @@ class FourierFTLayer final : public DictAdapterLayer {
   }
 };
 
-class FourierFTPlanner final : public LayerPlanner {
+class FourierFTBuilder final : public AdapterBuilder {
  public:
-  explicit FourierFTPlanner(FourierFTConfig& config)
-      : config_(config), n_frequencies_(config.n_frequency_pattern(), "n_frequency_pattern") {}
+  FourierFTBuilder(const Method& method, FourierFTConfig& config)
+      : method_(method), config_(config), n_frequencies_(config.n_frequency_pattern(), "n_frequency_pattern") {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    if (base.kind == LayerKind::Linear && config_.fan_in_fan_out()) {
-      TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
-      config_.fan_in_fan_out(false);
-    } else if (base.kind == LayerKind::LinearLike && base.fan_in_fan_out && !config_.fan_in_fan_out()) {
-      TORCH_WARN("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-      config_.fan_in_fan_out(true);
-    } else if (base.kind != LayerKind::Linear && base.kind != LayerKind::LinearLike) {
-      unsupported_layer("FourierFT", *base.module, "`torch::nn::Linear` and peft::LinearLike (transformers' Conv1D)");
-    }
+    align_fan_in_fan_out(base, config_.fan_in_fan_out());
     const int64_t n = n_frequencies_.lookup(request.module_name, config_.n_frequency());
     const int64_t in = base.in_features, out = base.out_features;
     if (n > in * out) {
@@ -108,53 +101,18 @@ class FourierFTPlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = record;
     adapter.tensors.emplace_back(0, spectrum);
-    return prepare_dict_adapter(request, "FOURIERFT", containers(),
-                                [base] { return std::make_shared<FourierFTLayer>(base); }, std::move(adapter));
+    return prepare_dict_adapter<FourierFTLayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   FourierFTConfig& config_;
   PatternLookup<int64_t> n_frequencies_;
 };
 
-class FourierFTTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "FOURIERFT"; }
-  const char* prefix() const override { return "fourierft_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto c = std::make_shared<FourierFTConfig>();
-    c->n_frequency(in.get_int("n_frequency", c->n_frequency()));
-    c->scaling(in.get_number("scaling", c->scaling()));
-    c->random_loc_seed(in.get_int("random_loc_seed", c->random_loc_seed()));
-    c->fan_in_fan_out(in.get_bool("fan_in_fan_out", c->fan_in_fan_out()));
-    c->n_frequency_pattern(in.get_int_map("n_frequency_pattern"));
-    c->init_weights(in.get_bool("init_weights", c->init_weights()));
-    c->bias(in.get_string("bias", c->bias()));
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const FourierFTConfig&>(base);
-    out["n_frequency"] = c.n_frequency();
-    out["scaling"] = c.scaling();
-    out["random_loc_seed"] = c.random_loc_seed();
-    out["fan_in_fan_out"] = c.fan_in_fan_out();
-    out["n_frequency_pattern"] = pattern_to_json(c.n_frequency_pattern());
-    out["init_weights"] = c.init_weights();
-    out["bias"] = c.bias();
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<FourierFTPlanner>(static_cast<FourierFTConfig&>(config));
-  }
-};
-
 }  // namespace
 
-const Tuner& fourierft_tuner() {
-  static const FourierFTTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, FourierFTConfig& config) {
+  return std::make_unique<FourierFTBuilder>(method, config);
 }
-
 }  // namespace peft::detail::fourierft

@@ -12,11 +12,11 @@
 #include <peft/error.h>
 #include <peft/tuners/hra/config.h>
 
-#include "core/json_config.h"
-#include "tuners/common/config_checks.h"
+#include "core/tensor_slots.h"
 #include "tuners/common/conv_functional.h"
-#include "tuners/common/lycoris.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/hra/layer.h"
 
 namespace peft::detail::hra {
 namespace {
@@ -34,7 +34,7 @@ struct Record : AdapterRecord {
 
 class HRALayer final : public DictAdapterLayer {
  public:
-  explicit HRALayer(const BaseLayer& base) : DictAdapterLayer(base, "HRA", containers()) {}
+  HRALayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
@@ -103,23 +103,13 @@ class HRALayer final : public DictAdapterLayer {
   }
 };
 
-class HRAPlanner final : public LayerPlanner {
+class HRABuilder final : public AdapterBuilder {
  public:
-  explicit HRAPlanner(const HRAConfig& config) : config_(config) {}
+  HRABuilder(const Method& method, const HRAConfig& config) : method_(method), config_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    int64_t rows = base.in_features;
-    if (base.kind == LayerKind::Conv2d) {
-      const ConvGeometry g = conv_geometry(*base.module, base.kind);
-      if (g.groups != 1) {
-        throw UnsupportedLayerError("HRA cannot adapt the grouped convolution '" + request.module_name +
-                                    "' (groups=" + std::to_string(g.groups) + "); Python PEFT's HRAConv2d assumes groups=1.");
-      }
-      rows = g.in_channels * g.kernel[0] * g.kernel[1];
-    } else if (base.kind != LayerKind::Linear) {
-      unsupported_layer("HRA", *base.module, "`torch::nn::Linear`, `torch::nn::Conv2d`");
-    }
+    const int64_t rows = base.kind == LayerKind::Conv2d ? ungrouped_conv_fan_in(request, method_) : base.in_features;
     const int64_t r = config_.r();
     auto record = std::make_shared<Record>(request.adapter_name);
     record->r = r;
@@ -141,46 +131,18 @@ class HRAPlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = record;
     adapter.tensors.emplace_back(0, u);
-    return prepare_dict_adapter(request, "HRA", containers(), [base] { return std::make_shared<HRALayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<HRALayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   const HRAConfig& config_;
-};
-
-class HRATuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "HRA"; }
-  const char* prefix() const override { return "hra_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto c = std::make_shared<HRAConfig>();
-    c->r(in.get_int("r", c->r()));
-    c->apply_GS(in.get_bool("apply_GS", c->apply_GS()));
-    c->init_weights(in.get_bool("init_weights", c->init_weights()));
-    c->bias(in.get_string("bias", c->bias()));
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const HRAConfig&>(base);
-    out["r"] = c.r();
-    out["apply_GS"] = c.apply_GS();
-    out["init_weights"] = c.init_weights();
-    out["bias"] = c.bias();
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<HRAPlanner>(static_cast<const HRAConfig&>(config));
-  }
 };
 
 }  // namespace
 
-const Tuner& hra_tuner() {
-  static const HRATuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const HRAConfig& config) {
+  return std::make_unique<HRABuilder>(method, config);
 }
 
 }  // namespace peft::detail::hra

@@ -6,9 +6,10 @@
 #include <peft/error.h>
 #include <peft/tuners/ia3/config.h>
 
-#include "core/json_config.h"
 #include "core/python_regex.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/ia3/layer.h"
 
 namespace peft::detail::ia3 {
 namespace {
@@ -24,7 +25,8 @@ struct Record : AdapterRecord {
 
 class IA3Layer final : public DictAdapterLayer {
  public:
-  IA3Layer(const BaseLayer& base, bool feedforward) : DictAdapterLayer(base, "IA3", containers()), feedforward_(feedforward) {}
+  IA3Layer(const LayerRequest& request, const Method& method, bool feedforward)
+      : DictAdapterLayer(request, method, containers()), feedforward_(feedforward) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
@@ -79,30 +81,17 @@ class IA3Layer final : public DictAdapterLayer {
   bool feedforward_;
 };
 
-class IA3Planner final : public LayerPlanner {
+class IA3Builder final : public AdapterBuilder {
  public:
-  explicit IA3Planner(IA3Config& config) : config_(config) {
+  IA3Builder(const Method& method, IA3Config& config) : method_(method), config_(config) {
     if (config.feedforward_modules().is_regex()) {
       feedforward_regex_.emplace(config.feedforward_modules().pattern(), PythonRegex::Anchor::Full, "feedforward_modules");
     }
   }
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    const bool supported = base.kind == LayerKind::Linear || base.kind == LayerKind::LinearLike ||
-                           base.kind == LayerKind::Conv2d || base.kind == LayerKind::Conv3d;
-    if (!supported) {
-      throw UnsupportedLayerError("Target module " + short_repr(*base.module) +
-                                  " is not supported. Currently, only `torch::nn::Linear`, `torch::nn::Conv2d`, "
-                                  "`torch::nn::Conv3d` and peft::LinearLike layers (transformers' Conv1D) are supported.");
-    }
-    if (base.kind == LayerKind::Linear && config_.fan_in_fan_out()) {
-      TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
-      config_.fan_in_fan_out(false);
-    } else if (base.kind == LayerKind::LinearLike && base.fan_in_fan_out && !config_.fan_in_fan_out()) {
-      TORCH_WARN("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-      config_.fan_in_fan_out(true);
-    }
+    align_fan_in_fan_out(base, config_.fan_in_fan_out());
     const bool feedforward = is_feedforward(request.module_name);
     const int64_t features = feedforward ? base.in_features : base.out_features;
     std::vector<int64_t> shape;
@@ -125,9 +114,8 @@ class IA3Planner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = std::make_shared<Record>(request.adapter_name);
     adapter.tensors.emplace_back(0, l);
-    return prepare_dict_adapter(request, "IA3", containers(),
-                                [base, feedforward] { return std::make_shared<IA3Layer>(base, feedforward); },
-                                std::move(adapter));
+    return prepare_dict_adapter(
+        request, [&] { return std::make_shared<IA3Layer>(request, method_, feedforward); }, std::move(adapter));
   }
 
  private:
@@ -141,43 +129,14 @@ class IA3Planner final : public LayerPlanner {
     return false;
   }
 
+  const Method& method_;
   IA3Config& config_;
   std::optional<PythonRegex> feedforward_regex_;
 };
 
-class IA3Tuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "IA3"; }
-  const char* prefix() const override { return "ia3_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto config = std::make_shared<IA3Config>();
-    config->feedforward_modules(in.get_targets("feedforward_modules"));
-    config->fan_in_fan_out(in.get_bool("fan_in_fan_out", false));
-    config->init_ia3_weights(in.get_bool("init_ia3_weights", true));
-    return config;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const IA3Config&>(base);
-    out["feedforward_modules"] = targets_to_json(c.feedforward_modules());
-    out["fan_in_fan_out"] = c.fan_in_fan_out();
-    out["init_ia3_weights"] = c.init_ia3_weights();
-    // Python's IA3Config has no layer selection fields.
-    out.erase("layers_to_transform");
-    out.erase("layers_pattern");
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<IA3Planner>(static_cast<IA3Config&>(config));
-  }
-};
-
 }  // namespace
 
-const Tuner& ia3_tuner() {
-  static const IA3Tuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, IA3Config& config) {
+  return std::make_unique<IA3Builder>(method, config);
 }
-
 }  // namespace peft::detail::ia3

@@ -8,11 +8,11 @@
 #include <peft/error.h>
 #include <peft/tuners/ln_tuning/config.h>
 
-#include "core/json_config.h"
 #include "core/module_access.h"
 #include "core/tensor_slots.h"
 #include "tuners/common/layer_copy.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/ln_tuning/layer.h"
 
 namespace peft::detail::ln_tuning {
 namespace {
@@ -40,7 +40,7 @@ void swap_tensors(torch::nn::Module& a, torch::nn::Module& b) {
 
 class LNTuningLayer final : public DictAdapterLayer {
  public:
-  explicit LNTuningLayer(const BaseLayer& base) : DictAdapterLayer(base, "LN_TUNING", containers()) {}
+  LNTuningLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
   std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
                                                bool) override {
@@ -100,16 +100,13 @@ class LNTuningLayer final : public DictAdapterLayer {
   }
 };
 
-class LNTuningPlanner final : public LayerPlanner {
+class LNTuningBuilder final : public AdapterBuilder {
  public:
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  explicit LNTuningBuilder(const Method& method) : method_(method) {}
+
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    std::shared_ptr<torch::nn::Module> copy = copy_layer(base);
-    if (!copy) {
-      unsupported_layer("LN tuning", *base.module,
-                        "layers peft-cpp routes and can copy: `torch::nn::LayerNorm`, `Linear`, `Embedding`, "
-                        "`Conv1d`/`Conv2d`/`Conv3d`");
-    }
+    std::shared_ptr<torch::nn::Module> copy = copy_layer(base);  // every routed kind can be copied
     if (request.low_cpu_mem_usage) {
       at::NoGradGuard no_grad;
       // Python creates the copy on the meta device too; the checkpoint fills it.
@@ -121,34 +118,15 @@ class LNTuningPlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = std::make_shared<AdapterRecord>(request.adapter_name);
     adapter.modules.emplace_back(0, copy);
-    return prepare_dict_adapter(request, "LN_TUNING", containers(),
-                                [base] { return std::make_shared<LNTuningLayer>(base); }, std::move(adapter));
-  }
-};
-
-class LNTuningTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "LN_TUNING"; }
-  const char* prefix() const override { return "ln_tuning_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader&) const override {
-    return std::make_shared<LNTuningConfig>();
+    return prepare_dict_adapter<LNTuningLayer>(request, method_, std::move(adapter));
   }
 
-  void write_config(const PeftConfig&, nlohmann::json& out) const override {
-    // Python's LNTuningConfig has no layer selection fields.
-    out.erase("layers_to_transform");
-    out.erase("layers_pattern");
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig&) const override { return std::make_unique<LNTuningPlanner>(); }
+ private:
+  const Method& method_;
 };
 
 }  // namespace
 
-const Tuner& ln_tuning_tuner() {
-  static const LNTuningTuner tuner;
-  return tuner;
-}
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method) { return std::make_unique<LNTuningBuilder>(method); }
 
 }  // namespace peft::detail::ln_tuning

@@ -11,8 +11,9 @@
 
 #include "tuners/common/conv_functional.h"
 #include "tuners/common/lycoris.h"
+#include "core/tensor_slots.h"
 #include "tuners/common/pending_adapter.h"
-
+#include "tuners/loha/layer.h"
 
 namespace peft::detail::loha {
 namespace {
@@ -32,7 +33,7 @@ struct Record : LycorisRecord {
 
 class LoHaLayer final : public LycorisLayer {
  public:
-  explicit LoHaLayer(const BaseLayer& base) : LycorisLayer(base, "LOHA", containers()) {}
+  LoHaLayer(const LayerRequest& request, const Method& method) : LycorisLayer(request, method, containers()) {}
 
  protected:
   at::Tensor delta_weight(const AdapterRecord& r) const override {
@@ -51,15 +52,12 @@ class LoHaLayer final : public LycorisLayer {
   }
 };
 
-class LoHaPlanner final : public LayerPlanner {
+class LoHaBuilder final : public AdapterBuilder {
  public:
-  explicit LoHaPlanner(const LoHaConfig& config) : config_(config), settings_(config) {}
+  LoHaBuilder(const Method& method, const LoHaConfig& config) : method_(method), config_(config), settings_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    if (!(base.kind == LayerKind::Linear || base.kind == LayerKind::Conv1d || base.kind == LayerKind::Conv2d)) {
-      unsupported_layer("LoHa", *base.module, "`torch::nn::Linear`, `torch::nn::Conv1d`, `torch::nn::Conv2d`");
-    }
     auto record = std::make_shared<Record>(request.adapter_name);
     settings_.fill(*record, request.module_name);
     const int64_t r = record->r;
@@ -92,43 +90,19 @@ class LoHaPlanner final : public LayerPlanner {
       if (config_.init_weights()) adapter.tensors[W2B].second.zero_();
     }
     adapter.record = record;
-    return prepare_dict_adapter(request, "LOHA", containers(), [base] { return std::make_shared<LoHaLayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<LoHaLayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   const LoHaConfig& config_;
   LycorisSettings settings_;
 };
 
-class LoHaTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "LOHA"; }
-  const char* prefix() const override { return "hada_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto config = std::make_shared<LoHaConfig>();
-    read_lycoris_fields(in, *config);
-    config->init_weights(in.get_bool("init_weights", config->init_weights()));
-    return config;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const LoHaConfig&>(base);
-    write_lycoris_fields(c, out);
-    out["init_weights"] = c.init_weights();
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<LoHaPlanner>(static_cast<const LoHaConfig&>(config));
-  }
-};
-
 }  // namespace
 
-const Tuner& loha_tuner() {
-  static const LoHaTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const LoHaConfig& config) {
+  return std::make_unique<LoHaBuilder>(method, config);
 }
 
 }  // namespace peft::detail::loha

@@ -12,7 +12,9 @@
 
 #include "tuners/common/conv_functional.h"
 #include "tuners/common/lycoris.h"
+#include "core/tensor_slots.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/lokr/layer.h"
 
 namespace peft::detail::lokr {
 namespace {
@@ -49,7 +51,7 @@ struct Record : LycorisRecord {
 
 class LoKrLayer final : public LycorisLayer {
  public:
-  explicit LoKrLayer(const BaseLayer& base) : LycorisLayer(base, "LOKR", containers()) {}
+  LoKrLayer(const LayerRequest& request, const Method& method) : LycorisLayer(request, method, containers()) {}
 
  protected:
   at::Tensor delta_weight(const AdapterRecord& r) const override {
@@ -70,15 +72,12 @@ class LoKrLayer final : public LycorisLayer {
   }
 };
 
-class LoKrPlanner final : public LayerPlanner {
+class LoKrBuilder final : public AdapterBuilder {
  public:
-  explicit LoKrPlanner(const LoKrConfig& config) : config_(config), settings_(config) {}
+  LoKrBuilder(const Method& method, const LoKrConfig& config) : method_(method), config_(config), settings_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    if (!(base.kind == LayerKind::Linear || base.kind == LayerKind::Conv1d || base.kind == LayerKind::Conv2d)) {
-      unsupported_layer("LoKr", *base.module, "`torch::nn::Linear`, `torch::nn::Conv1d`, `torch::nn::Conv2d`");
-    }
     auto record = std::make_shared<Record>(request.adapter_name);
     settings_.fill(*record, request.module_name);
     const int64_t r = record->r;
@@ -127,49 +126,19 @@ class LoKrPlanner final : public LayerPlanner {
       }
     }
     adapter.record = record;
-    return prepare_dict_adapter(request, "LOKR", containers(), [base] { return std::make_shared<LoKrLayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<LoKrLayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   const LoKrConfig& config_;
   LycorisSettings settings_;
 };
 
-class LoKrTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "LOKR"; }
-  const char* prefix() const override { return "lokr_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto config = std::make_shared<LoKrConfig>();
-    read_lycoris_fields(in, *config);
-    config->decompose_both(in.get_bool("decompose_both", false));
-    config->decompose_factor(in.get_int("decompose_factor", -1));
-    config->rank_dropout_scale(in.get_bool("rank_dropout_scale", false));
-    config->init_weights(in.get_init("init_weights", true));
-    return config;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const LoKrConfig&>(base);
-    write_lycoris_fields(c, out);
-    out["decompose_both"] = c.decompose_both();
-    out["decompose_factor"] = c.decompose_factor();
-    out["rank_dropout_scale"] = c.rank_dropout_scale();
-    out["init_weights"] = init_to_json(c.init_weights());
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<LoKrPlanner>(static_cast<const LoKrConfig&>(config));
-  }
-};
-
 }  // namespace
 
-const Tuner& lokr_tuner() {
-  static const LoKrTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const LoKrConfig& config) {
+  return std::make_unique<LoKrBuilder>(method, config);
 }
 
 }  // namespace peft::detail::lokr

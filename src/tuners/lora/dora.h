@@ -5,7 +5,7 @@
 
 #include <torch/nn/module.h>
 
-#include "core/base_layer.h"
+#include "core/layer_kinds.h"
 
 namespace peft::detail::lora {
 

@@ -15,7 +15,9 @@
 #include <peft/lifecycle.h>
 #include <peft/safetensors.h>
 #include <peft/tuners/lora/config.h>
+#include <peft/tuners/lora/hotswap.h>
 
+#include "core/checkpoint_keys.h"
 #include "core/matching.h"
 #include "core/model_adapters.h"
 #include "core/tensor_slots.h"
@@ -27,8 +29,6 @@ namespace {
 using detail::AdaptedLayer;
 using detail::lora::LoraLayer;
 
-const std::string kPeftPrefix = "base_model.model.";
-
 struct LoraLayerRef {
   std::string name;
   torch::nn::Module* module;
@@ -38,7 +38,7 @@ struct LoraLayerRef {
 std::vector<LoraLayerRef> lora_layers(const torch::nn::Module& model) {
   std::vector<LoraLayerRef> out;
   for (const AdaptedLayer& l : detail::adapted_layers(model)) {
-    if (auto* lora = dynamic_cast<LoraLayer*>(l.tuner)) out.push_back({l.name, l.module, lora});
+    if (auto* lora = dynamic_cast<LoraLayer*>(l.adapters)) out.push_back({l.name, l.module, lora});
   }
   return out;
 }
@@ -118,8 +118,8 @@ void check_hotswap_configs_compatible(const PeftConfig& current, const PeftConfi
 
 }  // namespace
 
-void prepare_for_hotswap(torch::nn::Module& model, int64_t target_rank) {
-  const std::vector<LoraLayerRef> layers = lora_layers(model);
+void prepare_for_hotswap(ModuleRef model, int64_t target_rank) {
+  const std::vector<LoraLayerRef> layers = lora_layers(*model);
   if (layers.empty()) throw Error("prepare_for_hotswap: the model has no LoRA adapters to pad.");
   // Check everything first.
   for (const auto& ref : layers) {
@@ -159,7 +159,7 @@ void prepare_for_hotswap(torch::nn::Module& model, int64_t target_rank) {
   }
 }
 
-void hotswap_adapter(torch::nn::Module& model, const StateDict& state_dict, const std::string& adapter_name,
+void hotswap_adapter(ModuleRef model, const StateDict& state_dict, const std::string& adapter_name,
                      const PeftConfig* config) {
   const std::shared_ptr<const PeftConfig> current = adapter_config(model, adapter_name);
   const PeftConfig& incoming = config ? *config : *current;
@@ -170,7 +170,7 @@ void hotswap_adapter(torch::nn::Module& model, const StateDict& state_dict, cons
     const LoraLayerRef* layer;
     detail::AdapterTensor tensor;
   };
-  const std::vector<LoraLayerRef> layers = lora_layers(model);
+  const std::vector<LoraLayerRef> layers = lora_layers(*model);
   std::unordered_map<std::string, Slot> slots;
   for (const auto& ref : layers) {
     if (!ref.layer->has_adapter(adapter_name)) continue;
@@ -186,8 +186,7 @@ void hotswap_adapter(torch::nn::Module& model, const StateDict& state_dict, cons
   std::vector<std::string> unexpected;
   std::unordered_map<std::string, bool> provided;
   for (const auto& item : state_dict) {
-    std::string key = item.key();
-    if (key.compare(0, kPeftPrefix.size(), kPeftPrefix) == 0) key = key.substr(kPeftPrefix.size());
+    const std::string key = detail::strip_save_prefix(item.key());
     auto it = slots.find(key);
     if (it == slots.end()) {
       unexpected.push_back(item.key());
@@ -243,7 +242,7 @@ void hotswap_adapter(torch::nn::Module& model, const StateDict& state_dict, cons
   }
 }
 
-void hotswap_adapter(torch::nn::Module& model, const std::string& adapter_directory, const std::string& adapter_name) {
+void hotswap_adapter(ModuleRef model, const std::string& adapter_directory, const std::string& adapter_name) {
   const std::filesystem::path dir(adapter_directory);
   const std::shared_ptr<PeftConfig> config = load_config((dir / "adapter_config.json").string());
   const StateDict state_dict = safetensors::load_file((dir / "adapter_model.safetensors").string());

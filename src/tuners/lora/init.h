@@ -8,7 +8,7 @@
 
 #include <peft/tuners/lora/config.h>
 
-#include "core/base_layer.h"
+#include "core/layer_kinds.h"
 
 namespace peft::detail::lora {
 

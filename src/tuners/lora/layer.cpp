@@ -1,7 +1,5 @@
 #include "tuners/lora/layer.h"
 
-#include <atomic>
-
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/linear.h>
@@ -22,7 +20,7 @@ at::Tensor cast_to(const at::Tensor& x, c10::ScalarType dtype) {
   return x.scalar_type() == dtype ? x : x.to(dtype);
 }
 
-at::Tensor apply_dropout(const Adapter& a, const at::Tensor& x) {
+at::Tensor apply_dropout(const LoraAdapter& a, const at::Tensor& x) {
   return a.dropout_impl ? a.dropout_impl->forward(x) : x;
 }
 
@@ -53,35 +51,29 @@ const std::vector<std::string>& LoraLayer::containers() {
 }
 
 std::shared_ptr<LoraLayer> LoraLayer::create(
-    const BaseLayer& base, std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments) {
+    const LayerRequest& request, const Method& method,
+    std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments) {
+  auto layer = std::make_shared<LoraLayer>(request, method);
   auto dropout = std::make_shared<AnchoredModuleDictImpl>();
-  auto A = std::make_shared<torch::nn::ModuleDictImpl>();
-  auto B = std::make_shared<torch::nn::ModuleDictImpl>();
-  auto embedding_A = std::make_shared<ParameterDictImpl>();
-  auto embedding_B = std::make_shared<ParameterDictImpl>();
-  auto magnitude = std::make_shared<torch::nn::ModuleDictImpl>();
-  auto layer = std::make_shared<LoraLayer>(base, A, B, embedding_A, embedding_B, magnitude);
+  dropout->adapters = layer;
   layer->dropout_ = dropout.get();
-  dropout->tuner = layer;
-  attachments = {{"lora_dropout", dropout},         {"lora_A", A},
-                 {"lora_B", B},                     {"lora_embedding_A", embedding_A},
-                 {"lora_embedding_B", embedding_B}, {"lora_magnitude_vector", magnitude}};
+  attachments = {{"lora_dropout", dropout},          {"lora_A", layer->A_},
+                 {"lora_B", layer->B_},              {"lora_embedding_A", layer->embedding_A_},
+                 {"lora_embedding_B", layer->embedding_B_}, {"lora_magnitude_vector", layer->magnitude_}};
   return layer;
 }
 
-LoraLayer::LoraLayer(const BaseLayer& base, std::shared_ptr<torch::nn::ModuleDictImpl> A,
-                     std::shared_ptr<torch::nn::ModuleDictImpl> B, std::shared_ptr<ParameterDictImpl> embedding_A,
-                     std::shared_ptr<ParameterDictImpl> embedding_B, std::shared_ptr<torch::nn::ModuleDictImpl> magnitude)
-    : TunerLayer(base),
-      A_(std::move(A)),
-      B_(std::move(B)),
-      embedding_A_(std::move(embedding_A)),
-      embedding_B_(std::move(embedding_B)),
-      magnitude_(std::move(magnitude)),
-      fan_in_fan_out_(base.fan_in_fan_out),
-      view_(std::make_shared<View>()) {}
+LoraLayer::LoraLayer(const LayerRequest& request, const Method& method)
+    : AdapterLayer(request.base, request.module_name),
+      method_(method),
+      A_(std::make_shared<torch::nn::ModuleDictImpl>()),
+      B_(std::make_shared<torch::nn::ModuleDictImpl>()),
+      embedding_A_(std::make_shared<ParameterDictImpl>()),
+      embedding_B_(std::make_shared<ParameterDictImpl>()),
+      magnitude_(std::make_shared<torch::nn::ModuleDictImpl>()),
+      fan_in_fan_out_(request.base.fan_in_fan_out) {}
 
-void LoraLayer::add(std::shared_ptr<Adapter> adapter, std::shared_ptr<const PeftConfig> config) {
+void LoraLayer::add(std::shared_ptr<LoraAdapter> adapter, std::shared_ptr<const PeftConfig> config) {
   const std::string& name = adapter->name;
   dropout_->update({{name, adapter->dropout_module}});
   if (adapter->A) {
@@ -92,11 +84,7 @@ void LoraLayer::add(std::shared_ptr<Adapter> adapter, std::shared_ptr<const Peft
     embedding_B_->insert(name, adapter->embedding_B);
   }
   if (adapter->magnitude) magnitude_->update({{name, adapter->magnitude}});
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    by_name_[name] = std::move(adapter);
-  }
-  add_adapter_record(name, std::move(config));
+  add_adapter(std::move(adapter), std::move(config));
 }
 
 void LoraLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
@@ -108,44 +96,27 @@ void LoraLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
   if (embedding_B_->contains(name)) embedding_B_->pop(name);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    by_name_.erase(name);
     dora_norms_.erase(name);
   }
   remove_adapter_record(name);
 }
 
-std::shared_ptr<const Adapter> LoraLayer::adapter(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = by_name_.find(name);
-  return it == by_name_.end() ? nullptr : it->second;
+std::shared_ptr<const LoraAdapter> LoraLayer::adapter(const std::string& name) const {
+  return std::static_pointer_cast<const LoraAdapter>(record(name));
 }
 
 void LoraLayer::set_scaling(const std::string& name, double scaling) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  auto it = by_name_.find(name);
-  if (it == by_name_.end() || it->second->scaling == scaling) return;
-  auto changed = std::make_shared<Adapter>(*it->second);
+  const std::shared_ptr<const LoraAdapter> current = adapter(name);
+  if (!current || current->scaling == scaling) return;
+  auto changed = std::make_shared<LoraAdapter>(*current);
   changed->scaling = scaling;
-  it->second = std::move(changed);
-  publish();
+  replace_record(std::move(changed));
 }
 
-std::pair<at::Tensor, at::Tensor> LoraLayer::lora_weights(const Adapter& a) const {
+std::pair<at::Tensor, at::Tensor> LoraLayer::lora_weights(const LoraAdapter& a) const {
   if (a.linear_A) return {a.linear_A->weight, a.linear_B->weight};
   if (a.A) return {conv_weight(kind(), *a.A), conv_weight(kind(), *a.B)};
   return {embedding_A_->get(a.name), embedding_B_->get(a.name)};
-}
-
-void LoraLayer::publish() {
-  auto view = std::make_shared<View>();
-  for (const std::string& name : active_) {
-    auto it = by_name_.find(name);
-    if (it != by_name_.end()) view->active.push_back(it->second);
-  }
-  for (const auto& entry : by_name_) view->all.push_back(entry.second);
-  view->disabled = disabled_;
-  view->merged = !merged_.empty();
-  std::atomic_store(&view_, std::shared_ptr<const View>(std::move(view)));
 }
 
 std::string LoraLayer::checkpoint_key(std::string key) const {
@@ -156,21 +127,21 @@ std::string LoraLayer::checkpoint_key(std::string key) const {
 }
 
 at::Tensor LoraLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
-  const std::shared_ptr<const View> view = std::atomic_load(&view_);
+  const std::shared_ptr<const AdapterSnapshot> state = snapshot();
   // Python's order: disabled, then per-sample adapters, then merged, then the active adapters.
-  if (view->disabled) return base_forward(input);
+  if (state->disabled) return base_forward(input);
   if (const SampleRouting* routing = sample_routing()) {
-    return forward_per_sample(base, input, base_forward, *view, *routing);
+    return forward_per_sample(base, input, base_forward, *state, *routing);
   }
-  if (view->merged || view->active.empty()) return base_forward(input);
+  if (state->bypass()) return base_forward(input);
   at::Tensor result = base_forward(input);
   const c10::ScalarType result_dtype = result.scalar_type();
   switch (kind()) {
-    case LayerKind::Embedding: result = forward_embedding(base, input, std::move(result), *view); break;
+    case LayerKind::Embedding: result = forward_embedding(base, input, std::move(result), *state); break;
     case LayerKind::Conv1d:
     case LayerKind::Conv2d:
-    case LayerKind::Conv3d: result = forward_conv(base, input, std::move(result), *view, base_forward); break;
-    default: result = forward_linear(base, input, std::move(result), *view, base_forward); break;
+    case LayerKind::Conv3d: result = forward_conv(base, input, std::move(result), *state, base_forward); break;
+    default: result = forward_linear(base, input, std::move(result), *state, base_forward); break;
   }
   return cast_to(result, result_dtype);
 }
@@ -191,9 +162,10 @@ at::Tensor LoraLayer::embed(torch::nn::Module& base, const at::Tensor& ids, cons
                                                   options.norm_type(), options.scale_grad_by_freq(), options.sparse());
 }
 
-at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
-                                     BaseForward base_forward) {
-  for (const auto& a : view.active) {
+at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,
+                                     const AdapterSnapshot& state, BaseForward base_forward) {
+  for (const auto& record : state.active) {
+    const LoraAdapter* a = &lora(*record);
     const at::Tensor& A = a->linear_A->weight;
     const at::Tensor& B = a->linear_B->weight;
     at::Tensor input = apply_dropout(*a, cast_to(x, A.scalar_type()));
@@ -238,8 +210,9 @@ at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& 
 }
 
 at::Tensor LoraLayer::forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,
-                                        const View& view) {
-  for (const auto& a : view.active) {
+                                        const AdapterSnapshot& state) {
+  for (const auto& record : state.active) {
+    const LoraAdapter* a = &lora(*record);
     const auto [A, B] = lora_weights(*a);  // A: (r, num_embeddings), B: (embedding_dim, r)
     const at::Tensor after_A = embed(base, x, A.t());
     if (a->use_dora) {
@@ -256,10 +229,11 @@ at::Tensor LoraLayer::forward_embedding(torch::nn::Module& base, const at::Tenso
   return result;
 }
 
-at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
-                                   BaseForward base_forward) {
+at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,
+                                   const AdapterSnapshot& state, BaseForward base_forward) {
   const LayerKind k = kind();
-  for (const auto& a : view.active) {
+  for (const auto& record : state.active) {
+    const LoraAdapter* a = &lora(*record);
     const auto [A, B] = lora_weights(*a);
     at::Tensor input = apply_dropout(*a, cast_to(x, A.scalar_type()));
     const at::Tensor lora_result = conv_forward(k, *a->B, conv_forward(k, *a->A, input));
@@ -285,7 +259,7 @@ at::Tensor LoraLayer::forward_conv(torch::nn::Module& base, const at::Tensor& x,
   return result;
 }
 
-at::Tensor LoraLayer::lora_branch(torch::nn::Module& base, const Adapter& a, const at::Tensor& x) {
+at::Tensor LoraLayer::lora_branch(torch::nn::Module& base, const LoraAdapter& a, const at::Tensor& x) {
   const auto [A, B] = lora_weights(a);
   switch (kind()) {
     case LayerKind::Embedding: return at::matmul(embed(base, x, A.t()), B.t()) * a.scaling;
@@ -303,29 +277,27 @@ at::Tensor LoraLayer::lora_branch(torch::nn::Module& base, const Adapter& a, con
 }
 
 at::Tensor LoraLayer::forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
-                                         const View& view, const SampleRouting& routing) {
+                                         const AdapterSnapshot& state, const SampleRouting& routing) {
   // Python PEFT's _check_forward_args and _mixed_batch_forward: one pair of products per adapter group.
   if (x.dim() == 0 || x.size(0) != static_cast<int64_t>(routing.names.size())) {
     throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
                       std::to_string(routing.names.size()) + " and " + std::to_string(x.dim() ? x.size(0) : 0) +
                       " respectively.");
   }
-  if (view.merged) {
+  if (state.merged) {
     throw ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
   }
-  auto find = [&](const std::string& name) -> const Adapter* {
-    for (const auto& a : view.all) {
-      if (a->name == name) return a.get();
-    }
-    return nullptr;
+  auto find = [&](const std::string& name) -> const LoraAdapter* {
+    const AdapterRecord* record = state.find(name);
+    return record ? &lora(*record) : nullptr;
   };
   for (const auto& [name, rows] : routing.groups) {
-    const Adapter* a = find(name);
+    const LoraAdapter* a = find(name);
     if (a && a->use_dora) throw ConfigError("Cannot pass `adapter_names` when DoRA is enabled.");
   }
   at::Tensor result = base_forward(x);
   for (const auto& [name, rows] : routing.groups) {
-    const Adapter* a = find(name);
+    const LoraAdapter* a = find(name);
     if (!a) continue;  // "__base__", or an adapter this layer does not have
     const at::Tensor index = rows.device() == x.device() ? rows : rows.to(x.device());
     const at::Tensor update = lora_branch(base, *a, x.index_select(0, index));

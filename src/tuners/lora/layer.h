@@ -14,16 +14,17 @@
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 
-#include "core/tuner_layer.h"
+#include "core/adapter_layer.h"
+#include "core/method.h"
 
 namespace peft::detail::lora {
 
 class DoraMagnitudeImpl;
 
 /// One adapter on one layer. Immutable once published: forward reads it without taking a lock (a change
-/// of scaling publishes a new Adapter).
-struct Adapter {
-  std::string name;
+/// of scaling publishes a new record).
+struct LoraAdapter : AdapterRecord {
+  using AdapterRecord::AdapterRecord;
   int64_t r = 0;
   double alpha = 0;
   double scaling = 0;
@@ -45,68 +46,60 @@ struct Adapter {
   at::Tensor embedding_B;  // (embedding_dim, r)
 };
 
-/// What forward needs, swapped in one piece when anything changes.
-struct View {
-  std::vector<std::shared_ptr<const Adapter>> active;
-  std::vector<std::shared_ptr<const Adapter>> all;
-  bool disabled = false;
-  bool merged = false;
-};
-
-class LoraLayer final : public TunerLayer {
+class LoraLayer final : public AdapterLayer {
  public:
   static const std::vector<std::string>& containers();
 
-  /// A new, empty LoRA layer for `base`; `attachments` receives the containers to register on the base
-  /// layer (the anchor first).
+  /// A new, empty LoRA layer; `attachments` receives the containers to register on the base layer (the
+  /// anchor first).
   static std::shared_ptr<LoraLayer> create(
-      const BaseLayer& base, std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments);
+      const LayerRequest& request, const Method& method,
+      std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments);
 
-  LoraLayer(const BaseLayer& base, std::shared_ptr<torch::nn::ModuleDictImpl> A,
-            std::shared_ptr<torch::nn::ModuleDictImpl> B, std::shared_ptr<ParameterDictImpl> embedding_A,
-            std::shared_ptr<ParameterDictImpl> embedding_B, std::shared_ptr<torch::nn::ModuleDictImpl> magnitude);
+  LoraLayer(const LayerRequest& request, const Method& method);
 
-  const char* peft_type() const override { return "LORA"; }
+  std::string peft_type() const override { return method_.peft_type(); }
   std::vector<std::string> container_names() const override { return containers(); }
   at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) override;
 
   /// Registers a prepared adapter in the containers (commit step; does not throw).
-  void add(std::shared_ptr<Adapter> adapter, std::shared_ptr<const PeftConfig> config);
+  void add(std::shared_ptr<LoraAdapter> adapter, std::shared_ptr<const PeftConfig> config);
   void remove_adapter(torch::nn::Module& base, const std::string& name) override;
 
   std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
                                                bool safe_merge) override;
   void unmerge(torch::nn::Module& base) override;
   /// scaling * B A laid out like the base weight (Python's get_delta_weight).
-  at::Tensor delta_weight(const Adapter& adapter) const;
+  at::Tensor delta_weight(const LoraAdapter& adapter) const;
 
-  std::shared_ptr<const Adapter> adapter(const std::string& name) const;
+  std::shared_ptr<const LoraAdapter> adapter(const std::string& name) const;
   /// Publishes the adapter with a new scaling (hot-swapping another adapter's alpha/rank in).
   void set_scaling(const std::string& name, double scaling);
   /// The A and B weights (or embedding A/B) of an adapter, as registered.
-  std::pair<at::Tensor, at::Tensor> lora_weights(const Adapter& adapter) const;
+  std::pair<at::Tensor, at::Tensor> lora_weights(const LoraAdapter& adapter) const;
 
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
 
  protected:
-  void publish() override;
   std::string checkpoint_key(std::string key) const override;
 
  private:
-  at::Tensor forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
-                            BaseForward base_forward);
-  at::Tensor forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view);
-  at::Tensor forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const View& view,
+  at::Tensor forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,
+                            const AdapterSnapshot& state, BaseForward base_forward);
+  at::Tensor forward_embedding(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,
+                               const AdapterSnapshot& state);
+  at::Tensor forward_conv(torch::nn::Module& base, const at::Tensor& x, at::Tensor result, const AdapterSnapshot& state,
                           BaseForward base_forward);
   at::Tensor forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
-                                const View& view, const SampleRouting& routing);
+                                const AdapterSnapshot& state, const SampleRouting& routing);
   /// The plain LoRA branch (no DoRA) of one adapter on `x`, scaled.
-  at::Tensor lora_branch(torch::nn::Module& base, const Adapter& a, const at::Tensor& x);
+  at::Tensor lora_branch(torch::nn::Module& base, const LoraAdapter& a, const at::Tensor& x);
   at::Tensor base_without_bias(const at::Tensor& x, BaseForward base_forward) const;
   at::Tensor embed(torch::nn::Module& base, const at::Tensor& ids, const at::Tensor& weight) const;
 
   friend class PendingMerge;
 
+  const Method& method_;
   torch::nn::ModuleDictImpl* dropout_ = nullptr;  // the anchor, which owns this object
   std::shared_ptr<torch::nn::ModuleDictImpl> A_;
   std::shared_ptr<torch::nn::ModuleDictImpl> B_;
@@ -115,9 +108,10 @@ class LoraLayer final : public TunerLayer {
   std::shared_ptr<torch::nn::ModuleDictImpl> magnitude_;
   bool fan_in_fan_out_ = false;
 
-  std::map<std::string, std::shared_ptr<const Adapter>> by_name_;
   std::map<std::string, at::Tensor> dora_norms_;  // ||W + delta|| at merge time, needed to unmerge DoRA
-  std::shared_ptr<const View> view_;  // read with std::atomic_load, replaced with std::atomic_store
 };
+
+/// The LoRA record behind a snapshot entry.
+inline const LoraAdapter& lora(const AdapterRecord& record) { return static_cast<const LoraAdapter&>(record); }
 
 }  // namespace peft::detail::lora

@@ -51,7 +51,7 @@ at::Tensor dora_factor(LayerKind kind, bool fan_in_fan_out, const at::Tensor& ma
 
 }  // namespace
 
-at::Tensor LoraLayer::delta_weight(const Adapter& a) const {
+at::Tensor LoraLayer::delta_weight(const LoraAdapter& a) const {
   auto [A, B] = lora_weights(a);
   const c10::ScalarType dtype = (kind() == LayerKind::Linear || kind() == LayerKind::LinearLike ? B : A).scalar_type();
   // Half precision matmuls are slow (or missing) on CPUs: compute in float32, as Python PEFT does.
@@ -82,7 +82,7 @@ at::Tensor LoraLayer::delta_weight(const Adapter& a) const {
 namespace {
 
 // Adds one adapter into `weight` (and `bias`) in place; returns DoRA's ||W + delta||, needed to unmerge.
-at::Tensor merge_into(const LoraLayer& layer, const Adapter& a, const at::Tensor& weight, const at::Tensor& bias) {
+at::Tensor merge_into(const LoraLayer& layer, const LoraAdapter& a, const at::Tensor& weight, const at::Tensor& bias) {
   const at::Tensor delta = layer.delta_weight(a);
   at::Tensor norm;
   if (a.use_dora) {
@@ -105,7 +105,7 @@ at::Tensor merge_into(const LoraLayer& layer, const Adapter& a, const at::Tensor
 class PendingMerge final : public PendingChange {
  public:
   LoraLayer* layer = nullptr;
-  std::vector<std::shared_ptr<const Adapter>> adapters;
+  std::vector<std::shared_ptr<const LoraAdapter>> adapters;
   bool in_place = true;
   at::Tensor new_weight, new_bias;  // safe merges: computed and checked already
   std::map<std::string, at::Tensor> norms;
@@ -136,9 +136,9 @@ std::unique_ptr<PendingChange> LoraLayer::prepare_merge(torch::nn::Module& modul
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const std::string& name : names) {
-      auto it = by_name_.find(name);
-      if (it == by_name_.end() || std::find(merged_.begin(), merged_.end(), name) != merged_.end()) continue;
-      pending->adapters.push_back(it->second);
+      auto it = records_.find(name);
+      if (it == records_.end() || std::find(merged_.begin(), merged_.end(), name) != merged_.end()) continue;
+      pending->adapters.push_back(std::static_pointer_cast<const LoraAdapter>(it->second));
     }
   }
   if (pending->adapters.empty()) return nullptr;
@@ -183,9 +183,9 @@ void LoraLayer::unmerge(torch::nn::Module&) {
   while (!merged_.empty()) {
     const std::string name = merged_.back();
     merged_.pop_back();
-    auto it = by_name_.find(name);
-    if (it == by_name_.end()) continue;
-    const Adapter& a = *it->second;
+    auto it = records_.find(name);
+    if (it == records_.end()) continue;
+    const LoraAdapter& a = lora(*it->second);
     const at::Tensor delta = delta_weight(a);
     if (a.use_dora) {
       const at::Tensor factor =

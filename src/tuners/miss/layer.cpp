@@ -16,9 +16,10 @@
 #include <peft/error.h>
 #include <peft/tuners/miss/config.h>
 
-#include "core/json_config.h"
-#include "tuners/common/lycoris.h"
+#include "core/tensor_slots.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/miss/layer.h"
 
 namespace peft::detail::miss {
 namespace {
@@ -39,7 +40,7 @@ struct Record : AdapterRecord {
 
 class MissLayer final : public DictAdapterLayer {
  public:
-  explicit MissLayer(const BaseLayer& base) : DictAdapterLayer(base, "MISS", containers()) {}
+  MissLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
@@ -141,13 +142,12 @@ class MissLayer final : public DictAdapterLayer {
   }
 };
 
-class MissPlanner final : public LayerPlanner {
+class MissBuilder final : public AdapterBuilder {
  public:
-  explicit MissPlanner(const MissConfig& config) : config_(config) {}
+  MissBuilder(const Method& method, const MissConfig& config) : method_(method), config_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
-    if (base.kind != LayerKind::Linear) unsupported_layer("MiSS", *base.module, "`torch::nn::Linear`");
     const int64_t r = config_.r(), in = base.in_features, out = base.out_features;
     auto record = std::make_shared<Record>(request.adapter_name);
     record->mini_r = config_.mini_r();
@@ -184,48 +184,17 @@ class MissPlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = record;
     adapter.tensors.emplace_back(0, block);
-    return prepare_dict_adapter(request, "MISS", containers(), [base] { return std::make_shared<MissLayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<MissLayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   const MissConfig& config_;
-};
-
-class MissTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "MISS"; }
-  const char* prefix() const override { return "miss_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    auto c = std::make_shared<MissConfig>();
-    c->r(in.get_int("r", c->r()));
-    c->miss_dropout(in.get_number("miss_dropout", c->miss_dropout()));
-    c->mini_r(in.get_int("mini_r", c->mini_r()));
-    c->init_weights(in.get_init("init_weights", c->init_weights()));
-    c->bias(in.get_string("bias", c->bias()));
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const MissConfig&>(base);
-    out["r"] = c.r();
-    out["miss_dropout"] = c.miss_dropout();
-    out["mini_r"] = c.mini_r();
-    out["init_weights"] = init_to_json(c.init_weights());
-    out["bias"] = c.bias();
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<MissPlanner>(static_cast<const MissConfig&>(config));
-  }
 };
 
 }  // namespace
 
-const Tuner& miss_tuner() {
-  static const MissTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const MissConfig& config) {
+  return std::make_unique<MissBuilder>(method, config);
 }
-
 }  // namespace peft::detail::miss

@@ -1,7 +1,5 @@
 #include "tuners/modules_to_save/layer.h"
 
-#include <atomic>
-
 #include <ATen/ops/empty.h>
 
 #include <peft/error.h>
@@ -13,9 +11,18 @@
 namespace peft::detail {
 namespace {
 
+struct CopyRecord : AdapterRecord {
+  CopyRecord(std::string name, std::shared_ptr<torch::nn::Module> layer_copy)
+      : AdapterRecord(std::move(name)), copy(std::move(layer_copy)) {}
+  std::shared_ptr<torch::nn::Module> copy;
+};
+
+const CopyRecord& copy_record(const AdapterRecord& record) { return static_cast<const CopyRecord&>(record); }
+
 class PendingCopy final : public PendingChange {
  public:
   BaseLayer base;
+  std::string module_name;
   ModulesToSaveLayer* existing = nullptr;
   std::string adapter;
   std::shared_ptr<torch::nn::Module> copy;
@@ -24,9 +31,8 @@ class PendingCopy final : public PendingChange {
   void commit() override {
     ModulesToSaveLayer* layer = existing;
     if (!layer) {
-      std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> containers;
-      auto created = ModulesToSaveLayer::create(base, containers);
-      attach_containers(*base.module, containers);
+      auto created = std::make_shared<ModulesToSaveLayer>(base, module_name);
+      attach_containers(*base.module, {{"modules_to_save", created->make_anchor(created)}});
       layer = created.get();
     }
     layer->add(adapter, copy, config);
@@ -35,38 +41,20 @@ class PendingCopy final : public PendingChange {
 
 }  // namespace
 
-std::shared_ptr<ModulesToSaveLayer> ModulesToSaveLayer::create(
-    const BaseLayer& base, std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& attachments) {
+ModulesToSaveLayer::ModulesToSaveLayer(const BaseLayer& base, std::string module_name)
+    : AdapterLayer(base, std::move(module_name)) {}
+
+std::shared_ptr<torch::nn::Module> ModulesToSaveLayer::make_anchor(const std::shared_ptr<ModulesToSaveLayer>& self) {
   auto dict = std::make_shared<AnchoredModuleDictImpl>();
-  auto layer = std::make_shared<ModulesToSaveLayer>(base);
-  layer->copies_ = dict.get();
-  dict->tuner = layer;
-  attachments = {{"modules_to_save", dict}};
-  return layer;
+  dict->adapters = self;
+  copies_ = dict.get();
+  return dict;
 }
 
 void ModulesToSaveLayer::add(const std::string& adapter, std::shared_ptr<torch::nn::Module> copy,
                              std::shared_ptr<const PeftConfig> config) {
   copies_->update({{adapter, copy}});
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    by_name_[adapter] = std::move(copy);
-  }
-  add_adapter_record(adapter, std::move(config));
-}
-
-void ModulesToSaveLayer::publish() {
-  std::shared_ptr<torch::nn::Module> active;
-  if (!disabled_) {
-    for (const std::string& name : active_) {
-      auto it = by_name_.find(name);
-      if (it != by_name_.end()) {
-        active = it->second;
-        break;
-      }
-    }
-  }
-  std::atomic_store(&active_copy_, std::move(active));
+  add_adapter(std::make_shared<CopyRecord>(adapter, std::move(copy)), std::move(config));
 }
 
 void ModulesToSaveLayer::set_active_adapters(torch::nn::Module& base, const std::vector<std::string>& names,
@@ -77,7 +65,7 @@ void ModulesToSaveLayer::set_active_adapters(torch::nn::Module& base, const std:
     throw ConfigError("Only one adapter can be set at a time for modules_to_save, got " + std::to_string(with_copy) +
                       " adapters with a copy of the same layer");
   }
-  TunerLayer::set_active_adapters(base, names, inference_mode);
+  AdapterLayer::set_active_adapters(base, names, inference_mode);
 }
 
 std::string ModulesToSaveLayer::checkpoint_key(std::string key) const {
@@ -87,16 +75,15 @@ std::string ModulesToSaveLayer::checkpoint_key(std::string key) const {
 }
 
 at::Tensor ModulesToSaveLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
-  if (const SampleRouting* routing = sample_routing()) {
-    if (!disabled()) return forward_per_sample(input, base_forward, *routing);
-  }
-  const std::shared_ptr<torch::nn::Module> copy = std::atomic_load(&active_copy_);
-  if (!copy) return base_forward(input);
-  return forward_layer_copy(kind(), *copy, input);
+  const std::shared_ptr<const AdapterSnapshot> state = snapshot();
+  if (state->disabled) return base_forward(input);
+  if (const SampleRouting* routing = sample_routing()) return forward_per_sample(input, base_forward, *state, *routing);
+  if (state->active.empty()) return base_forward(input);
+  return forward_layer_copy(kind(), *copy_record(*state->active.front()).copy, input);
 }
 
 at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseForward base_forward,
-                                                  const SampleRouting& routing) {
+                                                  const AdapterSnapshot& state, const SampleRouting& routing) {
   // Python's AuxiliaryTrainingWrapper._mixed_batch_forward: each group through its copy (or the layer).
   if (kind() == LayerKind::LayerNorm) {
     throw ConfigError("Mixed batching is only supported for the following modules: Linear, Embedding, Conv1d, "
@@ -111,13 +98,8 @@ at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseF
   for (const auto& [name, rows] : routing.groups) {
     const at::Tensor index = rows.device() == input.device() ? rows : rows.to(input.device());
     const at::Tensor sub_batch = input.index_select(0, index);
-    std::shared_ptr<torch::nn::Module> copy;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = by_name_.find(name);
-      if (it != by_name_.end()) copy = it->second;
-    }
-    const at::Tensor out = copy ? forward_layer_copy(kind(), *copy, sub_batch) : base_forward(sub_batch);
+    const AdapterRecord* record = state.find(name);
+    const at::Tensor out = record ? forward_layer_copy(kind(), *copy_record(*record).copy, sub_batch) : base_forward(sub_batch);
     if (!result.defined()) {
       std::vector<int64_t> shape = out.sizes().vec();
       shape[0] = input.size(0);
@@ -130,28 +112,25 @@ at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseF
 
 void ModulesToSaveLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
   erase_from(*copies_, name);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    by_name_.erase(name);
-  }
   remove_adapter_record(name);
 }
 
 void ModulesToSaveLayer::prepare_unload(torch::nn::Module& base) {
-  const std::shared_ptr<torch::nn::Module> copy = std::atomic_load(&active_copy_);
-  if (!copy) return;
+  const std::shared_ptr<const AdapterSnapshot> state = snapshot();
+  if (state->disabled || state->active.empty()) return;
+  const torch::nn::Module& copy = *copy_record(*state->active.front()).copy;
   at::NoGradGuard no_grad;
-  for (const auto& param : parameters_of(*copy)) {
+  for (const auto& param : parameters_of(copy)) {
     if (at::Tensor* slot = parameters_of(base).find(param.key())) slot->set_data(param.value());
   }
-  for (const auto& buffer : buffers_of(*copy)) {
+  for (const auto& buffer : buffers_of(copy)) {
     if (at::Tensor* slot = buffers_of(base).find(buffer.key())) slot->set_data(buffer.value());
   }
 }
 
 std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, const std::string& module_name,
                                                        const std::string& adapter, std::shared_ptr<const PeftConfig> config,
-                                                       TunerLayer* existing) {
+                                                       AdapterLayer* existing) {
   auto pending = std::make_unique<PendingCopy>();
   pending->copy = copy_layer(base);
   if (!pending->copy) {
@@ -160,7 +139,7 @@ std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, co
                                 "Embedding, Conv1d/2d/3d and LayerNorm layers only");
   }
   if (existing) {
-    if (std::string(existing->peft_type()) != "MODULES_TO_SAVE") {
+    if (existing->peft_type() != "MODULES_TO_SAVE") {
       throw ConfigError("modules_to_save: '" + module_name + "' already carries " + existing->peft_type() +
                         " adapters; a layer cannot be both adapted and saved whole");
     }
@@ -169,6 +148,7 @@ std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, co
     check_container_names_free(*base.module, module_name, {"modules_to_save"});
   }
   pending->base = base;
+  pending->module_name = module_name;
   pending->adapter = adapter;
   pending->config = std::move(config);
   return pending;

@@ -12,9 +12,10 @@
 #include <peft/error.h>
 #include <peft/tuners/oft/config.h>
 
-#include "core/json_config.h"
 #include "tuners/common/conv_functional.h"
+#include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/oft/layer.h"
 #include "tuners/oft/rotation.h"
 
 namespace peft::detail::oft {
@@ -35,8 +36,8 @@ struct Record : AdapterRecord {
 
 class OFTLayer final : public DictAdapterLayer {
  public:
-  explicit OFTLayer(const BaseLayer& base)
-      : DictAdapterLayer(base, "OFT", containers(base.kind == LayerKind::Embedding)) {}
+  OFTLayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, containers(request.base.kind == LayerKind::Embedding)) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
@@ -127,35 +128,27 @@ class OFTLayer final : public DictAdapterLayer {
   }
 };
 
-class OFTPlanner final : public LayerPlanner {
+class OFTBuilder final : public AdapterBuilder {
  public:
-  explicit OFTPlanner(OFTConfig& config) : config_(config) {}
+  OFTBuilder(const Method& method, OFTConfig& config) : method_(method), config_(config) {}
 
-  std::unique_ptr<PendingChange> prepare_layer(const LayerRequest& request) override {
+  std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
     int64_t features = 0;
     switch (base.kind) {
       case LayerKind::Linear:
-        if (config_.fan_in_fan_out()) {
-          TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. Setting fan_in_fan_out to False.");
-          config_.fan_in_fan_out(false);
-        }
+        align_fan_in_fan_out(base, config_.fan_in_fan_out());
         features = base.in_features;
         break;
       case LayerKind::Embedding: features = base.out_features; break;  // embedding_dim
       case LayerKind::Conv2d: {
         const auto& conv = dynamic_cast<const torch::nn::Conv2dImpl&>(*base.module);
         if ((*conv.options.dilation())[0] > 1) throw UnsupportedLayerError("Conv2d with dilation > 1 is not supported by OFT.");
-        if (conv.options.groups() != 1) {
-          throw UnsupportedLayerError("OFT cannot adapt the grouped convolution '" + request.module_name + "' (groups=" +
-                                      std::to_string(conv.options.groups()) + ").");
-        }
-        const auto& k = *conv.options.kernel_size();
-        features = base.in_features * k[0] * k[1];
+        features = ungrouped_conv_fan_in(request, method_);
         break;
       }
       default:
-        unsupported_layer("OFT", *base.module, "`torch::nn::Linear`, `torch::nn::Conv2d`, `torch::nn::Embedding`");
+        break;  // Method::layer_kinds() lets no other kind through
     }
     RotationSpec spec;
     int64_t r = config_.r(), block_size = config_.oft_block_size();
@@ -197,66 +190,17 @@ class OFTPlanner final : public LayerPlanner {
     DictAdapterLayer::NewAdapter adapter;
     adapter.record = record;
     adapter.modules.emplace_back(0, RotationModule(weight).ptr());
-    const bool embedding = base.kind == LayerKind::Embedding;
-    return prepare_dict_adapter(request, "OFT", containers(embedding), [base] { return std::make_shared<OFTLayer>(base); },
-                                std::move(adapter));
+    return prepare_dict_adapter<OFTLayer>(request, method_, std::move(adapter));
   }
 
  private:
+  const Method& method_;
   OFTConfig& config_;
-};
-
-class OFTTuner final : public Tuner {
- public:
-  const char* peft_type() const override { return "OFT"; }
-  const char* prefix() const override { return "oft_"; }
-
-  std::shared_ptr<PeftConfig> read_config(JsonConfigReader& in) const override {
-    if (!in.has("oft_block_size")) {
-      in.fail("oft_block_size",
-              "OFT has been updated since PEFT 0.14.0. Your trained adapter weights are incompatible with the latest "
-              "version of OFT. Please retrain your adapter weights with newer PEFT versions.");
-    }
-    auto c = std::make_shared<OFTConfig>();
-    c->r(in.get_int("r", c->r()));
-    c->oft_block_size(in.get_int("oft_block_size", c->oft_block_size()));
-    c->module_dropout(in.get_number("module_dropout", c->module_dropout()));
-    c->fan_in_fan_out(in.get_bool("fan_in_fan_out", c->fan_in_fan_out()));
-    c->init_weights(in.get_bool("init_weights", c->init_weights()));
-    c->coft(in.get_bool("coft", c->coft()));
-    c->eps(in.get_number("eps", c->eps()));
-    c->block_share(in.get_bool("block_share", c->block_share()));
-    c->use_cayley_neumann(in.get_bool("use_cayley_neumann", c->use_cayley_neumann()));
-    c->num_cayley_neumann_terms(in.get_int("num_cayley_neumann_terms", c->num_cayley_neumann_terms()));
-    c->bias(in.get_string("bias", c->bias()));
-    return c;
-  }
-
-  void write_config(const PeftConfig& base, nlohmann::json& out) const override {
-    const auto& c = static_cast<const OFTConfig&>(base);
-    out["r"] = c.r();
-    out["oft_block_size"] = c.oft_block_size();
-    out["module_dropout"] = c.module_dropout();
-    out["fan_in_fan_out"] = c.fan_in_fan_out();
-    out["init_weights"] = c.init_weights();
-    out["coft"] = c.coft();
-    out["eps"] = c.eps();
-    out["block_share"] = c.block_share();
-    out["use_cayley_neumann"] = c.use_cayley_neumann();
-    out["num_cayley_neumann_terms"] = c.num_cayley_neumann_terms();
-    out["bias"] = c.bias();
-  }
-
-  std::unique_ptr<LayerPlanner> make_planner(PeftConfig& config) const override {
-    return std::make_unique<OFTPlanner>(static_cast<OFTConfig&>(config));
-  }
 };
 
 }  // namespace
 
-const Tuner& oft_tuner() {
-  static const OFTTuner tuner;
-  return tuner;
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, OFTConfig& config) {
+  return std::make_unique<OFTBuilder>(method, config);
 }
-
 }  // namespace peft::detail::oft

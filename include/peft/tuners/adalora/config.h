@@ -19,11 +19,9 @@ using AdaLoraRankPattern = std::map<std::string, std::vector<bool>>;
 /// whose rank budget is reallocated during training (see peft::AdaLoraRankAllocator). Targets Linear,
 /// Conv2d and peft::LinearLike layers. Python's LoraConfig fields that AdaLoRA ignores are written with
 /// their defaults and must keep them when read.
-class AdaLoraConfig : public TunerConfig<AdaLoraConfig> {
+class PEFT_API AdaLoraConfig : public MethodConfig<AdaLoraConfig> {
  public:
   std::string peft_type() const override { return "ADALORA"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   /// The starting rank of every adapted layer.
   TORCH_ARG(int64_t, init_r) = 12;

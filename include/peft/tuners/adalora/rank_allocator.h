@@ -26,7 +26,7 @@ namespace peft {
 /// Masked ranks are zeroed in lora_E (tensors keep their size, so optimizers stay valid); the pattern is
 /// stored in the adapter's config, so get_peft_model_state_dict / save_adapter write only the kept ranks, as
 /// Python PEFT does.
-class AdaLoraRankAllocator {
+class PEFT_API AdaLoraRankAllocator {
  public:
   explicit AdaLoraRankAllocator(torch::nn::Module& model, std::string adapter_name = "default");
 

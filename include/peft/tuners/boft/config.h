@@ -12,11 +12,9 @@ namespace peft {
 /// BOFT (https://arxiv.org/abs/2311.06243): orthogonal fine-tuning with a butterfly product of
 /// block-diagonal orthogonal factors, plus a learned output scale. Give exactly one of boft_block_size and
 /// boft_block_num. Targets Linear and Conv2d layers.
-class BOFTConfig : public TunerConfig<BOFTConfig> {
+class PEFT_API BOFTConfig : public MethodConfig<BOFTConfig> {
  public:
   std::string peft_type() const override { return "BOFT"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   TORCH_ARG(int64_t, boft_block_size) = 4;
   TORCH_ARG(int64_t, boft_block_num) = 0;

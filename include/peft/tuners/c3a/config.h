@@ -12,11 +12,9 @@ namespace peft {
 /// C3A (https://arxiv.org/abs/2407.19342): the update is a block-circulant matrix, applied to the input as a
 /// circular convolution per block via the FFT. Targets Linear layers whose in and out features are multiples
 /// of block_size.
-class C3AConfig : public TunerConfig<C3AConfig> {
+class PEFT_API C3AConfig : public MethodConfig<C3AConfig> {
  public:
   std::string peft_type() const override { return "C3A"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   /// The circulant block size; must divide the in and out features of every targeted layer.
   TORCH_ARG(int64_t, block_size) = 256;

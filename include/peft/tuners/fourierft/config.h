@@ -13,11 +13,9 @@ namespace peft {
 /// positions; the update is the real part of their 2-D inverse FFT times `scaling`. Targets Linear and
 /// peft::LinearLike layers. The positions are not saved: they follow from random_loc_seed, exactly as
 /// torch.randperm draws them in Python.
-class FourierFTConfig : public TunerConfig<FourierFTConfig> {
+class PEFT_API FourierFTConfig : public MethodConfig<FourierFTConfig> {
  public:
   std::string peft_type() const override { return "FOURIERFT"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   TORCH_ARG(int64_t, n_frequency) = 1000;
   TORCH_ARG(double, scaling) = 150.0;

@@ -11,11 +11,9 @@ namespace peft {
 
 /// HRA (https://arxiv.org/abs/2405.17484): the base weight is multiplied by a chain of r Householder
 /// reflections, W' = W H1 ... Hr, H_i = I - 2 u_i u_i^T. Targets Linear and Conv2d layers.
-class HRAConfig : public TunerConfig<HRAConfig> {
+class PEFT_API HRAConfig : public MethodConfig<HRAConfig> {
  public:
   std::string peft_type() const override { return "HRA"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   /// Number of reflections per layer.
   TORCH_ARG(int64_t, r) = 8;

@@ -8,10 +8,9 @@ namespace peft {
 
 /// (IA)^3 (https://arxiv.org/abs/2205.05638): a learned vector rescales a layer's outputs, or, for the
 /// `feedforward_modules`, its inputs. Targets Linear, Conv2d, Conv3d and peft::LinearLike layers.
-class IA3Config : public TunerConfig<IA3Config> {
+class PEFT_API IA3Config : public MethodConfig<IA3Config> {
  public:
   std::string peft_type() const override { return "IA3"; }
-  void validate() const override;
 
   /// The targeted modules whose input (not output) is scaled; a subset of target_modules. Names match as a
   /// plain suffix of the module name, a regex as a full match (Python PEFT's rules).

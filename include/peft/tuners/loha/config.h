@@ -10,10 +10,9 @@ namespace peft {
 
 /// LoHa (LyCORIS, https://arxiv.org/abs/2108.06098): the update is the Hadamard product of two low-rank
 /// products, dW = (W1a W1b) * (W2a W2b) * alpha / r. Targets Linear, Conv1d and Conv2d layers.
-class LoHaConfig : public TunerConfig<LoHaConfig> {
+class PEFT_API LoHaConfig : public MethodConfig<LoHaConfig> {
  public:
   std::string peft_type() const override { return "LOHA"; }
-  void validate() const override;
 
   TORCH_ARG(int64_t, r) = 8;
   TORCH_ARG(double, alpha) = 8;

@@ -10,10 +10,9 @@ namespace peft {
 
 /// LoKr (LyCORIS, https://arxiv.org/abs/2309.14859): the update is a Kronecker product dW = W1 (x) W2 *
 /// alpha / r, either factor optionally low-rank. Targets Linear, Conv1d and Conv2d layers.
-class LoKrConfig : public TunerConfig<LoKrConfig> {
+class PEFT_API LoKrConfig : public MethodConfig<LoKrConfig> {
  public:
   std::string peft_type() const override { return "LOKR"; }
-  void validate() const override;
 
   TORCH_ARG(int64_t, r) = 8;
   TORCH_ARG(double, alpha) = 8;

@@ -18,11 +18,9 @@ using InitLoraWeights = InitWeights;
 
 /// LoRA (https://arxiv.org/abs/2106.09685): y = W x + (alpha / r) * B A dropout(x), with A: r x in and
 /// B: out x r. Fields and defaults follow Python PEFT's LoraConfig.
-class LoraConfig : public TunerConfig<LoraConfig> {
+class PEFT_API LoraConfig : public MethodConfig<LoraConfig> {
  public:
   std::string peft_type() const override { return "LORA"; }
-  void validate() const override;
-  std::string bias_mode() const override { return bias_; }
 
   /// Rank of the update.
   TORCH_ARG(int64_t, r) = 8;

@@ -11,11 +11,9 @@ namespace peft {
 
 /// MiSS (https://arxiv.org/abs/2409.15371, the successor of Bone): a shared block added to every r-wide
 /// shard of the weight; the "bat" variant couples the shards non-linearly. Targets Linear layers.
-class MissConfig : public TunerConfig<MissConfig> {
+class PEFT_API MissConfig : public MethodConfig<MissConfig> {
  public:
   std::string peft_type() const override { return "MISS"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   /// Shard width along in_features.
   TORCH_ARG(int64_t, r) = 64;

@@ -13,11 +13,9 @@ namespace peft {
 /// rotated by a block-diagonal orthogonal matrix, each block the Cayley transform of a learned skew-symmetric
 /// matrix. Give exactly one of r (number of blocks) and oft_block_size; a value that does not divide the
 /// features is adjusted to the nearest one that does, with a warning.
-class OFTConfig : public TunerConfig<OFTConfig> {
+class PEFT_API OFTConfig : public MethodConfig<OFTConfig> {
  public:
   std::string peft_type() const override { return "OFT"; }
-  std::string bias_mode() const override { return bias_; }
-  void validate() const override;
 
   TORCH_ARG(int64_t, r) = 0;
   TORCH_ARG(int64_t, oft_block_size) = 32;

@@ -1,0 +1,225 @@
+#pragma once
+
+// The adapters of one adapted layer, and how the layer finds them.
+//
+// Glossary (ARCHITECTURE.md has the whole picture):
+//   base layer     the user's layer being adapted (a torch::nn::Linear, ...). It keeps its own parameters.
+//   container      a ModuleDict / ParameterDict child the method registers on the base layer, named as in
+//                  Python PEFT (lora_A, hada_w1_a, ...) and keyed by adapter name.
+//   anchor         the first container registered; besides being that container it owns the AdapterLayer.
+//   AdapterLayer   the per-layer state (which adapters exist, which are active, what is merged) and the
+//                  method's math. Python PEFT's BaseTunerLayer. Found from the base layer through its anchor,
+//                  so it lives and dies with the layer; no global table is involved.
+//   AdapterRecord  what a method keeps per adapter besides its tensors (rank, scaling, ...).
+//   AdapterSnapshot  what forward reads: replaced as a whole whenever the adapter set, the active set or the
+//                  merge state changes, so a forward sees one consistent state without taking a lock.
+//   PendingChange  a change prepared without touching the model; commit() applies it and cannot fail.
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <c10/util/C++17.h>  // FunctionRef.h uses c10::invoke_result_t without including it
+#include <c10/util/FunctionRef.h>
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/modules/container/parameterdict.h>
+
+#include <peft/config.h>
+#include <peft/lifecycle.h>
+
+#include "core/layer_kinds.h"
+#include "core/module_access.h"
+
+namespace peft::detail {
+
+using BaseForward = c10::function_ref<at::Tensor(const at::Tensor&)>;
+using SampleRouting = AdapterNamesPerSample::Routing;
+
+/// A change prepared without touching the model. commit() applies it and must not throw: everything that
+/// can fail (validation, allocation, initialisation, NaN checks) happens while preparing.
+class PendingChange {
+ public:
+  virtual ~PendingChange() = default;
+  virtual void commit() = 0;
+  /// The shapes of the tensors the change will create, by checkpoint key relative to the layer, so a
+  /// state dict can be checked against them before anything is attached.
+  virtual std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const { return {}; }
+};
+
+/// One tensor of an adapter: its checkpoint key relative to the layer ("lora_A.weight") and the registry
+/// slot that holds it.
+struct AdapterTensor {
+  std::string key;        // checkpoint key relative to the layer, adapter name removed
+  std::string model_key;  // the model's own key relative to the layer ("lora_A.default.weight")
+  torch::nn::Module* owner;
+  std::string name;
+  bool is_buffer = false;
+
+  const at::Tensor& get() const;
+};
+
+/// What a method keeps per adapter besides its tensors. Immutable once published.
+struct AdapterRecord {
+  explicit AdapterRecord(std::string adapter_name) : name(std::move(adapter_name)) {}
+  virtual ~AdapterRecord() = default;
+  std::string name;
+};
+
+/// What forward reads.
+struct AdapterSnapshot {
+  std::vector<std::shared_ptr<const AdapterRecord>> active;  // the active adapters this layer has, in order
+  std::vector<std::shared_ptr<const AdapterRecord>> all;     // every adapter of the layer
+  bool disabled = false;
+  bool merged = false;
+  /// The base output alone: no active adapter, disabled, or merged.
+  bool bypass() const { return active.empty() || disabled || merged; }
+  const AdapterRecord* find(const std::string& name) const;
+};
+
+class AdapterLayer {
+ public:
+  AdapterLayer(const BaseLayer& base, std::string module_name);
+  virtual ~AdapterLayer() = default;
+  AdapterLayer(const AdapterLayer&) = delete;
+  AdapterLayer& operator=(const AdapterLayer&) = delete;
+
+  virtual std::string peft_type() const = 0;
+  LayerKind kind() const { return base_.kind; }
+  /// The adapted layer (which owns this object through the anchor, so the pointer stays valid).
+  const BaseLayer& base_layer() const { return base_; }
+  /// The layer's name in the model when the first adapter was injected (for messages).
+  const std::string& module_name() const { return module_name_; }
+
+  /// The layer's output with its active adapters applied. `base_forward` computes the layer's own output.
+  virtual at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) = 0;
+
+  /// The containers this layer registers on the base layer, in registration order.
+  virtual std::vector<std::string> container_names() const = 0;
+  /// Those whose tensors are adapter weights (trained and saved); the default is all of them.
+  virtual std::vector<std::string> checkpoint_container_names() const { return container_names(); }
+  /// Replaces the config recorded for `adapter` (for settings that change during training).
+  void replace_config(const std::string& adapter, std::shared_ptr<const PeftConfig> config);
+
+  /// Adapter names in the order they were added.
+  std::vector<std::string> adapter_names() const;
+  bool has_adapter(const std::string& name) const;
+  /// The config the adapter was injected with (after target expansion).
+  std::shared_ptr<const PeftConfig> config_of(const std::string& name) const;
+
+  /// Activates `names` (names this layer lacks are kept, as in Python PEFT, and ignored in forward) and
+  /// sets requires_grad on this layer's adapter tensors: true for active adapters unless `inference_mode`.
+  /// A flag is only written where it changes (forwards on other threads may be reading it).
+  virtual void set_active_adapters(torch::nn::Module& base, const std::vector<std::string>& names, bool inference_mode);
+  std::vector<std::string> active_adapters() const;
+
+  /// Disabled layers run their base output only, and their adapter tensors stop requiring grad; enabling
+  /// again gives the active adapters back the trainability the last set_active_adapters gave them.
+  void set_disabled(torch::nn::Module& base, bool disabled);
+  bool disabled() const;
+
+  /// Every tensor of `adapter` on this layer; `base` is the adapted layer.
+  std::vector<AdapterTensor> adapter_tensors(const torch::nn::Module& base, const std::string& adapter) const;
+
+  /// Adapters whose deltas are in the base weight, in merge order.
+  std::vector<std::string> merged_adapters() const;
+  /// Prepares merging these adapters (those this layer has and has not merged); throws when they cannot be
+  /// merged (or, with `safe_merge`, when the result is not finite) without changing anything.
+  virtual std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
+                                                       bool safe_merge);
+  /// Undoes every merge, last first.
+  virtual void unmerge(torch::nn::Module& base) {}
+  /// Before the layer's containers are removed for good (unload).
+  virtual void prepare_unload(torch::nn::Module& base) {}
+  /// Removes one adapter's modules and records (the caller detaches the containers when none is left).
+  virtual void remove_adapter(torch::nn::Module& base, const std::string& name) = 0;
+
+  /// The adapter's record, or nullptr.
+  std::shared_ptr<const AdapterRecord> record(const std::string& name) const;
+
+ protected:
+  /// Records a new adapter and publishes it (called by commit).
+  void add_adapter(std::shared_ptr<const AdapterRecord> record, std::shared_ptr<const PeftConfig> config);
+  /// Forgets an adapter (its tensors are the caller's to remove) and publishes.
+  void remove_adapter_record(const std::string& name);
+  /// Replaces an adapter's record (e.g. a new scaling) and publishes.
+  void replace_record(std::shared_ptr<const AdapterRecord> record);
+  /// What forward reads; one atomic load.
+  std::shared_ptr<const AdapterSnapshot> snapshot() const { return std::atomic_load(&snapshot_); }
+  /// Rebuilds the snapshot after the adapter set, the active set or the merge state changed. Called with
+  /// mutex_ held.
+  void publish();
+  /// Maps a key derived from the registries ("lora_magnitude_vector.weight") to the checkpoint key.
+  virtual std::string checkpoint_key(std::string key) const { return key; }
+  /// The per-sample adapters of the calling thread, if they apply to this layer.
+  const SampleRouting* sample_routing() const;
+
+  mutable std::mutex mutex_;  // serialises changes; forward never takes it
+  std::vector<std::pair<std::string, std::shared_ptr<const PeftConfig>>> adapters_;
+  std::map<std::string, std::shared_ptr<const AdapterRecord>> records_;
+  std::vector<std::string> active_;
+  bool disabled_ = false;
+  bool inference_mode_ = false;      // of the last set_active_adapters, restored when enabling
+  std::vector<std::string> merged_;  // merge order, undone last-in first-out
+
+ private:
+  void set_trainable(torch::nn::Module& base, const std::vector<std::string>& trainable);
+
+  BaseLayer base_;
+  std::string module_name_;
+  std::shared_ptr<const AdapterSnapshot> snapshot_;  // read with std::atomic_load, replaced with std::atomic_store
+};
+
+/// Mixin of the anchor container: keeps the layer's AdapterLayer alive and lets routing find it.
+class AdapterAnchor {
+ public:
+  virtual ~AdapterAnchor() = default;
+  std::shared_ptr<AdapterLayer> adapters;
+};
+
+/// torch::nn::ParameterDict printing on one line (LibTorch's print breaks the model printout's indentation).
+class ParameterDictImpl : public torch::nn::ParameterDictImpl {
+ public:
+  void pretty_print(std::ostream& stream) const override;
+};
+
+/// A Python-named container that is also the anchor. It prints and behaves exactly like `Dict`.
+template <class Dict>
+class AnchoredImpl : public Dict, public AdapterAnchor {
+ public:
+  using Dict::Dict;
+};
+using AnchoredModuleDictImpl = AnchoredImpl<torch::nn::ModuleDictImpl>;
+using AnchoredParameterDictImpl = AnchoredImpl<ParameterDictImpl>;
+
+AdapterLayer* adapter_layer_among(const ChildMap& children);
+
+/// The AdapterLayer of an adapted layer, or nullptr. Cheap for layers without children (the unadapted
+/// case): one load and one compare.
+inline AdapterLayer* adapter_layer_of(const torch::nn::Module& layer) {
+  const ChildMap& children = children_of(layer);
+  if (children.is_empty()) return nullptr;
+  return adapter_layer_among(children);
+}
+
+/// adapters.forward(...), with LibTorch's error for adapter tensors on the meta device (a low_cpu_mem_usage
+/// adapter that was never loaded) turned into one that names the adapter and the layer.
+at::Tensor run_adapters(AdapterLayer& adapters, torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward);
+
+/// Names and registers `containers` on `base` in order; the first must be an anchor holding the layer.
+void attach_containers(torch::nn::Module& base,
+                       const std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>>& containers);
+/// Keeps track of an adapted layer whose weight tensor was replaced (not just its values).
+void weight_replaced(torch::nn::Module& base, const at::Tensor& old_weight);
+/// Removes the layer's containers from `base` (destroying the AdapterLayer): a plain layer again.
+void detach_containers(torch::nn::Module& base, const std::vector<std::string>& container_names);
+
+/// Throws if `base` already has children with any of these names (a user module that happens to use them).
+void check_container_names_free(const torch::nn::Module& base, const std::string& module_name,
+                                const std::vector<std::string>& names);
+
+/// Removes `key` from a ModuleDict and unregisters it (ModuleDict::pop keeps the registration).
+void erase_from(torch::nn::ModuleDictImpl& dict, const std::string& key);
+
+}  // namespace peft::detail

@@ -1,0 +1,197 @@
+#pragma once
+
+// An adapter method (LoRA, LoHa, HRA, ...) as the shared machinery sees it. A method declares itself once,
+// in its own folder src/tuners/<method>/, as a MethodOf<ItsConfig> subclass registered with
+// PEFT_REGISTER_METHOD: its checkpoint prefix, its config fields (which drive reading, writing and
+// validating adapter_config.json), the layer kinds it adapts, and how it builds its adapter on a layer.
+// Generic code (injection, config files, offline merge, inspect) asks the method, never names it.
+//
+// The method folders are found by CMake (every src/tuners/<folder>/ with a method.cpp); nothing else
+// lists them.
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <c10/util/Type.h>
+#include <nlohmann/json.hpp>
+
+#include <peft/config.h>
+#include <peft/state_dict.h>
+
+#include "core/adapter_layer.h"
+#include "core/config_fields.h"
+#include "core/layer_kinds.h"
+
+namespace peft::detail {
+
+/// What a method needs to adapt one layer.
+struct LayerRequest {
+  std::shared_ptr<const PeftConfig> config;  // the injection's config (targets expanded)
+  std::string adapter_name;
+  std::string module_name;                   // full dotted name in the model
+  BaseLayer base;
+  AdapterLayer* existing = nullptr;          // the adapters the layer already carries (any method), if any
+  bool low_cpu_mem_usage = false;
+};
+
+/// Builds one injection's adapter, layer by layer, without changing the model; holds what is worth
+/// computing once per injection (compiled rank patterns, ...).
+class AdapterBuilder {
+ public:
+  virtual ~AdapterBuilder() = default;
+  /// The change that adds the adapter to one layer. Throws ConfigError for values that do not fit the layer
+  /// (the layer kind itself was checked against Method::layer_kinds()).
+  virtual std::unique_ptr<PendingChange> prepare(const LayerRequest& request) = 0;
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  Method(const Method&) = delete;
+  Method& operator=(const Method&) = delete;
+
+  /// Python PEFT's peft_type ("LORA"), taken from the config class.
+  const std::string& peft_type() const { return peft_type_; }
+  /// Prefix of the method's checkpoint keys ("lora_"): a key `<module>.<prefix>...` belongs to the layer
+  /// `<module>` (Python PEFT's PEFT_TYPE_TO_PREFIX_MAPPING).
+  const std::string& prefix() const { return prefix_; }
+  /// The config class's name ("LoraConfig"), for messages.
+  const std::string& config_name() const { return config_name_; }
+
+  /// The layer kinds the method adapts.
+  const std::vector<LayerKind>& layer_kinds() const { return layer_kinds_; }
+  bool supports(LayerKind kind) const;
+  /// Python PEFT's "Target module ... is not supported. Currently, only the following modules are supported".
+  std::string unsupported_layer_message(const torch::nn::Module& module) const;
+
+  // ---- adapter_config.json (the fields every config shares are handled by the caller)
+  virtual std::shared_ptr<PeftConfig> new_config() const = 0;
+  /// Reads the method's fields into `config`.
+  void read_config(JsonConfigReader& in, PeftConfig& config) const;
+  /// Writes the method's fields, and drops the shared fields Python's config for this method lacks.
+  void write_config(const PeftConfig& config, nlohmann::json& out) const;
+  /// Checks each field and the method's combinations of them; throws ConfigError.
+  void validate(const PeftConfig& config) const;
+  /// The field named `name`, or nullptr.
+  const ConfigField* field(const std::string& name) const;
+  /// The config's `bias` field ("none", "all", "<method>_only"), "none" for methods without one.
+  std::string bias_mode(const PeftConfig& config) const;
+
+  // ---- injection
+  /// Starts one injection. `config` is the injection's own copy (targets expanded), which the builder may
+  /// adjust as Python PEFT adjusts its config (e.g. fan_in_fan_out for the layer type found).
+  virtual std::unique_ptr<AdapterBuilder> start_injection(PeftConfig& config) const = 0;
+  /// Whether check_new_adapter needs the configs of the adapters already in the model (collecting them
+  /// costs a walk over every adapter of every layer).
+  virtual bool checks_other_adapters() const { return false; }
+  /// Checks a new adapter's config against the adapters already in the model.
+  virtual void check_new_adapter(const PeftConfig& config,
+                                 const std::vector<std::shared_ptr<const PeftConfig>>& existing) const {}
+  /// Final touches to an adapter's checkpoint state dict (AdaLoRA keeps only the allocated ranks).
+  virtual void adjust_checkpoint(const PeftConfig& config, StateDict& state_dict) const {}
+
+  // ---- checkpoints without a model (offline merge, inspect)
+  /// Containers (the key part after `<module>.`) that only an Embedding layer has, e.g. lora_embedding_A.
+  const std::vector<std::string>& embedding_containers() const { return embedding_containers_; }
+  /// Where a module's rank shows in its checkpoint tensors: (key relative to the module, dimension), first
+  /// found wins. Empty for methods without a single rank.
+  const std::vector<std::pair<std::string, int64_t>>& rank_keys() const { return rank_keys_; }
+  /// The fields holding the rank and alpha and their per-module patterns ("" where the method has none).
+  struct RankFields {
+    std::string rank, rank_pattern, alpha, alpha_pattern;
+  };
+  const RankFields& rank_fields() const { return rank_fields_; }
+
+ protected:
+  Method(std::string peft_type, std::string config_name, std::string prefix);
+
+  /// The layer kinds the method adapts (default: Linear).
+  void layers(std::vector<LayerKind> kinds) { layer_kinds_ = std::move(kinds); }
+  /// A field of Python's config peft-cpp does not use: accepted only when neutral, written as `python_default`.
+  void unsupported(const std::string& name, const std::string& why, nlohmann::json python_default = nullptr);
+  /// A field whose value does not change what peft-cpp computes; written as `python_default` (not at all when
+  /// it is std::nullopt: Python does not write it either).
+  void ignored(const std::string& name, std::optional<nlohmann::json> python_default = nlohmann::json());
+  /// Shared fields (layers_to_transform, exclude_modules, ...) Python's config for this method lacks: not
+  /// written, and refused when set.
+  void without_common_fields(std::vector<std::string> names) { absent_common_fields_ = std::move(names); }
+  void embedding_containers(std::vector<std::string> names) { embedding_containers_ = std::move(names); }
+  void rank_keys(std::vector<std::pair<std::string, int64_t>> keys) { rank_keys_ = std::move(keys); }
+  void rank_fields(RankFields fields) { rank_fields_ = std::move(fields); }
+  /// Checks before any field is read (OFT refuses files from before its format change).
+  virtual void check_file(const JsonConfigReader& in) const {}
+  /// Checks of combinations of fields (each field's own checks run first).
+  virtual void check_combination(const PeftConfig& config) const {}
+
+  std::vector<std::unique_ptr<ConfigField>> fields_;
+
+ private:
+  std::string peft_type_;
+  std::string config_name_;
+  std::string prefix_;
+  std::vector<LayerKind> layer_kinds_{LayerKind::Linear};
+  std::vector<std::string> absent_common_fields_;
+  std::vector<std::string> embedding_containers_;
+  std::vector<std::pair<std::string, int64_t>> rank_keys_;
+  RankFields rank_fields_;
+};
+
+/// The base of each method's registration: ties the method to its config class.
+template <class Config>
+class MethodOf : public Method {
+ protected:
+  explicit MethodOf(std::string prefix) : Method(Config().peft_type(), class_name(), std::move(prefix)) {}
+
+  /// Declares a TORCH_ARG field of the config: field(PEFT_FIELD(r)).check(positive()).
+  template <class Access>
+  auto& field(const char* name, Access access) {
+    using T = std::decay_t<decltype(access(std::declval<Config&>()))>;
+    auto entry = std::make_unique<Field<Config, T, Access>>(name, std::move(access));
+    auto& ref = *entry;
+    fields_.push_back(std::move(entry));
+    return ref;
+  }
+  /// A field with its own JSON form.
+  void custom(const char* name, typename CustomField<Config>::Read read, typename CustomField<Config>::Write write) {
+    fields_.push_back(std::make_unique<CustomField<Config>>(name, std::move(read), std::move(write)));
+  }
+
+  /// Checks of combinations of fields, on the typed config.
+  virtual void check(const Config& config) const {}
+  /// Starts one injection on the typed config.
+  virtual std::unique_ptr<AdapterBuilder> start(Config& config) const = 0;
+
+ private:
+  static std::string class_name() {
+    const std::string full = c10::demangle_type<Config>();
+    const auto colon = full.rfind("::");
+    return colon == std::string::npos ? full : full.substr(colon + 2);
+  }
+  std::shared_ptr<PeftConfig> new_config() const final { return std::make_shared<Config>(); }
+  void check_combination(const PeftConfig& config) const final { check(static_cast<const Config&>(config)); }
+  std::unique_ptr<AdapterBuilder> start_injection(PeftConfig& config) const final {
+    return start(static_cast<Config&>(config));
+  }
+};
+
+/// The method for a peft_type ("LORA"), or nullptr.
+const Method* find_method(const std::string& peft_type);
+/// The same, or ConfigError naming the supported ones.
+const Method& require_method(const std::string& peft_type);
+/// Every registered method, ordered by peft_type.
+const std::vector<const Method*>& all_methods();
+
+}  // namespace peft::detail
+
+/// Registers a method from its folder: PEFT_REGISTER_METHOD(hra, Hra) in src/tuners/hra/method.cpp. The
+/// first argument is the folder's name.
+#define PEFT_REGISTER_METHOD(folder, MethodClass)        \
+  namespace peft::detail::methods {                      \
+  const Method& folder() {                               \
+    static const MethodClass method;                     \
+    return method;                                       \
+  }                                                      \
+  }

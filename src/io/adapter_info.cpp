@@ -1,0 +1,103 @@
+#include <peft/adapter_info.h>
+
+#include <set>
+
+#include "core/checkpoint_keys.h"
+#include "core/matching.h"
+#include "core/method.h"
+
+namespace peft {
+
+std::vector<std::string> adapted_module_names(const PeftConfig& config, const StateDict& adapter) {
+  const std::string& prefix = detail::require_method(config.peft_type()).prefix();
+  std::set<std::string> names;
+  for (const auto& item : adapter) {
+    const std::string module = detail::module_of_key(detail::strip_save_prefix(item.key()), prefix);
+    if (!module.empty()) names.insert(module);
+  }
+  return {names.begin(), names.end()};
+}
+
+StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapter) {
+  const std::string& prefix = detail::require_method(config.peft_type()).prefix();
+  StateDict out;
+  for (const auto& item : adapter) {
+    std::string key = detail::strip_save_prefix(item.key());
+    if (!detail::module_of_key(key, prefix).empty()) continue;
+    const std::string wrapped = ".base_layer.";
+    const auto pos = key.find(wrapped);
+    if (pos != std::string::npos) key = key.substr(0, pos) + "." + key.substr(pos + wrapped.size());
+    if (out.contains(key)) {
+      out[key] = item.value();
+    } else {
+      out.insert(key, item.value());
+    }
+  }
+  return out;
+}
+
+namespace {
+
+template <class T>
+std::optional<T> number_field(const detail::Method& method, const PeftConfig& config, const std::string& name) {
+  const detail::ConfigField* field = name.empty() ? nullptr : method.field(name);
+  if (!field) return std::nullopt;
+  const nlohmann::json value = field->value(config);
+  if (!value.is_number()) return std::nullopt;
+  return value.template get<T>();
+}
+
+template <class T>
+PatternMap<T> pattern_field(const detail::Method& method, const PeftConfig& config, const std::string& name) {
+  PatternMap<T> out;
+  const detail::ConfigField* field = name.empty() ? nullptr : method.field(name);
+  if (!field) return out;
+  const nlohmann::json value = field->value(config);
+  if (!value.is_object()) return out;
+  for (const auto& [key, v] : value.items()) {
+    if (v.is_number()) out.emplace_back(key, v.template get<T>());
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<AdaptedModuleInfo> describe_adapted_modules(const PeftConfig& config, const StateDict& adapter) {
+  const detail::Method& method = detail::require_method(config.peft_type());
+  const auto& fields = method.rank_fields();
+  const std::optional<int64_t> rank = number_field<int64_t>(method, config, fields.rank);
+  const std::optional<double> alpha = number_field<double>(method, config, fields.alpha);
+  const detail::PatternLookup<int64_t> ranks(pattern_field<int64_t>(method, config, fields.rank_pattern), "rank_pattern");
+  const detail::PatternLookup<double> alphas(pattern_field<double>(method, config, fields.alpha_pattern), "alpha_pattern");
+
+  std::vector<AdaptedModuleInfo> out;
+  for (const std::string& module : adapted_module_names(config, adapter)) {
+    AdaptedModuleInfo info;
+    info.name = module;
+    if (rank) info.config_rank = ranks.lookup(module, *rank);
+    if (alpha) info.alpha = alphas.lookup(module, *alpha);
+    std::string rank_key;
+    for (const auto& [key, dim] : method.rank_keys()) {
+      const at::Tensor* t = adapter.find(detail::kSavePrefix + module + "." + key);
+      if (!t) t = adapter.find(module + "." + key);
+      if (!t || t->dim() <= dim) continue;
+      const int64_t found = t->size(dim);
+      if (!info.rank) {
+        info.rank = found;
+        rank_key = key;
+      } else if (*info.rank != found) {
+        info.problems.push_back(rank_key + " has rank " + std::to_string(*info.rank) + " but " + key + " has " +
+                                std::to_string(found));
+      }
+    }
+    if (info.rank && info.config_rank && *info.rank != *info.config_rank) {
+      info.problems.push_back("rank " + std::to_string(*info.rank) + " in the file, but the config gives " +
+                              std::to_string(*info.config_rank) + " (" + fields.rank +
+                              (fields.rank_pattern.empty() ? "" : " / " + fields.rank_pattern) + ")");
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+}  // namespace peft

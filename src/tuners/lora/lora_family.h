@@ -1,0 +1,37 @@
+#pragma once
+
+// What LoRA and AdaLoRA (whose Python config derives from LoraConfig) share in their registration.
+
+#include "core/method.h"
+
+namespace peft::detail {
+
+template <class Config>
+class LoraFamilyMethod : public MethodOf<Config> {
+ protected:
+  using MethodOf<Config>::MethodOf;
+
+  /// LoraConfig fields of Python PEFT for features peft-cpp does not have (Megatron, aLoRA, LoftQ, ...): a
+  /// file may carry them only with their neutral values; they are written with Python's defaults.
+  void python_only_lora_fields() {
+    this->unsupported("megatron_config", "Megatron parallel layers are not supported");
+    this->unsupported("trainable_token_indices", "trainable tokens are not supported yet");
+    this->unsupported("layer_replication", "layer replication is not supported");
+    this->unsupported("alora_invocation_tokens", "aLoRA is not supported");
+    this->unsupported("use_qalora", "QA-LoRA is not supported", false);
+    this->unsupported("velora_config", "VeLoRA is not supported");
+    this->unsupported("monteclora_config", "MonteCLoRA is not supported");
+    this->unsupported("use_bdlora", "BD-LoRA is not supported");
+    this->unsupported("arrow_config", "Arrow routing is not supported");
+    this->unsupported("kasa_config", "KaSA is not supported");
+    this->unsupported("ensure_weight_tying", "tying adapters across tied embeddings is not supported", false);
+    this->unsupported("loftq_config", "LoftQ is not supported", nlohmann::json::object());
+    // Settings of init methods and integrations that do not change what a loaded adapter computes.
+    this->ignored("megatron_core", "megatron.core");
+    this->ignored("qalora_group_size", 16);
+    for (const char* name : {"eva_config", "corda_config", "lora_ga_config"}) this->ignored(name);
+    this->ignored("runtime_config", std::nullopt);
+  }
+};
+
+}  // namespace peft::detail
