@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Builds peft-cpp from scratch and runs every test: once optimised with GCC (unit tests, Python PEFT parity,
-# examples, the peft-cpp tool, the installed package; the benchmarks are built, not run), once with clang under AddressSanitizer + UndefinedBehaviorSanitizer
-# (the same tests, plus a short run of each fuzzer; PEFT_FUZZ_SECONDS sets how long, default 45).
+# Builds peft-cpp from scratch and runs every test, in three builds:
+#  1. optimised with GCC, the default configuration (calls of torch::nn layers routed by libpeft_interpose):
+#     unit tests, Python PEFT parity, examples, the peft-cpp tool, the installed package (benchmarks built,
+#     not run);
+#  2. with clang under AddressSanitizer + UndefinedBehaviorSanitizer and -DPEFT_INTERPOSE=OFF (drop-in layers
+#     only, the portable core): the same tests, plus a short run of each fuzzer (PEFT_FUZZ_SECONDS, default 45);
+#  3. with clang under ThreadSanitizer: the threading promise of <peft/lifecycle.h> (tests/test_threads.cpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -17,6 +21,14 @@ sanitize=${SANITIZE_BUILD_DIR:-build/sanitize}
 rm -rf "$sanitize"
 # The benchmarks are built (not run) by the first build; timing them under sanitizers means nothing.
 CC=clang CXX=clang++ cmake -S . -B "$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPEFT_SANITIZE=ON -DPEFT_FUZZ=ON \
-  -DPEFT_BUILD_EXAMPLES=ON -DPEFT_BUILD_BENCH=OFF -DPEFT_FUZZ_SECONDS="${PEFT_FUZZ_SECONDS:-45}"
+  -DPEFT_INTERPOSE=OFF -DPEFT_BUILD_EXAMPLES=ON -DPEFT_BUILD_BENCH=OFF -DPEFT_FUZZ_SECONDS="${PEFT_FUZZ_SECONDS:-45}"
 cmake --build "$sanitize" -j"$jobs"
 ctest --test-dir "$sanitize" --output-on-failure -j"$jobs"
+
+tsan=${TSAN_BUILD_DIR:-build/tsan}
+rm -rf "$tsan"
+# One test program; the library is compiled as a unity build, which is all a ThreadSanitizer check needs.
+CC=clang CXX=clang++ cmake -S . -B "$tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPEFT_TSAN=ON -DCMAKE_UNITY_BUILD=ON \
+  -DPEFT_BUILD_TESTS=OFF -DPEFT_BUILD_EXAMPLES=OFF -DPEFT_BUILD_TOOLS=OFF -DPEFT_BUILD_BENCH=OFF
+cmake --build "$tsan" -j"$jobs" --target peft_thread_tests
+ctest --test-dir "$tsan" --output-on-failure

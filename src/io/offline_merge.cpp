@@ -49,6 +49,8 @@ std::shared_ptr<Impl> conv_shell(const at::Tensor& weight, bool bias) {
 }
 
 // A layer of the right kind holding `weight` / `bias` as float32 (the tensors themselves with `in_place`).
+// Drop-in layers: they need no call routing (nothing is run through them anyway), so the merge works in
+// every build.
 std::shared_ptr<torch::nn::Module> stand_in(const std::string& module, const at::Tensor& weight, const at::Tensor& bias,
                                             bool embedding, bool fan_in_fan_out, bool in_place) {
   // Copies unless in_place: merging may write into the stand-in's tensors.
@@ -58,25 +60,27 @@ std::shared_ptr<torch::nn::Module> stand_in(const std::string& module, const at:
   std::shared_ptr<torch::nn::Module> layer;
   switch (w.dim()) {
     case 1: {
-      auto norm = std::make_shared<torch::nn::LayerNormImpl>(
+      auto norm = std::make_shared<LayerNormImpl>(
           torch::nn::LayerNormOptions({w.size(0)}).elementwise_affine(true));
       layer = norm;
       break;
     }
     case 2:
       if (embedding) {
-        auto emb = std::make_shared<torch::nn::EmbeddingImpl>(torch::nn::EmbeddingOptions(0, w.size(1)));
+        auto emb = std::make_shared<EmbeddingImpl>(torch::nn::EmbeddingOptions(0, w.size(1)));
         emb->options.num_embeddings(w.size(0));
         layer = emb;
       } else if (fan_in_fan_out) {
         return std::make_shared<TransposedLinearImpl>(w, b);
       } else {
-        layer = detail::make_linear(w.size(1), w.size(0), b.defined(), w.options());
+        auto linear = std::make_shared<LinearImpl>(torch::nn::LinearOptions(1, 0).bias(b.defined()));  // allocates nothing
+        linear->options = torch::nn::LinearOptions(w.size(1), w.size(0)).bias(b.defined());
+        layer = linear;
       }
       break;
-    case 3: layer = conv_shell<torch::nn::Conv1dImpl, torch::nn::Conv1dOptions>(w, b.defined()); break;
-    case 4: layer = conv_shell<torch::nn::Conv2dImpl, torch::nn::Conv2dOptions>(w, b.defined()); break;
-    case 5: layer = conv_shell<torch::nn::Conv3dImpl, torch::nn::Conv3dOptions>(w, b.defined()); break;
+    case 3: layer = conv_shell<Conv1dImpl, torch::nn::Conv1dOptions>(w, b.defined()); break;
+    case 4: layer = conv_shell<Conv2dImpl, torch::nn::Conv2dOptions>(w, b.defined()); break;
+    case 5: layer = conv_shell<Conv3dImpl, torch::nn::Conv3dOptions>(w, b.defined()); break;
     default:
       throw StateDictError("Cannot merge into '" + module + ".weight': a " + std::to_string(w.dim()) +
                            "-d weight is no layer type peft-cpp knows.");

@@ -4,7 +4,10 @@
 #include <peft/peft.h>
 
 int main() {
-  torch::nn::Sequential model(torch::nn::Linear(4, 4));
+  // Unmodified LibTorch layers where the installed peft routes them (peft::peft with libpeft_interpose),
+  // the drop-in layer otherwise.
+  torch::nn::Sequential model = peft::routes_torch_layers() ? torch::nn::Sequential(torch::nn::Linear(4, 4))
+                                                            : torch::nn::Sequential(peft::Linear(4, 4));
   const auto x = torch::ones({1, 4});
   const auto before = model->forward(x);
   peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"0"}).init_lora_weights(false), model);
