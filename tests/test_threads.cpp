@@ -39,6 +39,14 @@ TwoLayers frozen_model() {
   return model;
 }
 
+// Workers keep going for at least half a second (so the switcher gets many turns, which is what a race
+// detector needs to see) and until both adapter sets were seen, up to a generous deadline.
+bool still_needed(std::chrono::steady_clock::time_point start, std::chrono::steady_clock::time_point deadline,
+                  bool saw_both) {
+  const auto now = std::chrono::steady_clock::now();
+  return now < deadline && (now - start < std::chrono::milliseconds(500) || !saw_both);
+}
+
 std::vector<bool> requires_grad_flags(const torch::nn::Module& model) {
   std::vector<bool> flags;
   for (const auto& p : model.parameters()) flags.push_back(p.requires_grad());
@@ -83,15 +91,15 @@ TEST(Threads, ForwardWhileSwitchingNeverMixesAdapters) {
       std::this_thread::yield();
     }
   });
-  // Each worker runs at least 200 forwards (autograd on: the frozen flags are read, never written) and keeps
-  // going, up to a generous deadline, until both sets were seen, so a slow machine cannot make the "switches
-  // really happened" checks flaky. A forward through two layers that overlaps a switch may combine the old
+  // Each worker runs at least 200 forwards (autograd on: the frozen flags are read, never written); see
+  // still_needed. A forward through two layers that overlaps a switch may combine the old
   // set's first layer with the new set's second: those count as `other`, and must be rare, not absent.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(120);
   std::vector<std::thread> workers;
   for (int w = 0; w < 3; ++w) {
     workers.emplace_back([&] {
-      for (int i = 0; i < 200 || ((saw_one == 0 || saw_two == 0) && std::chrono::steady_clock::now() < deadline); ++i) {
+      for (int i = 0; i < 200 || still_needed(start, deadline, saw_one > 0 && saw_two > 0); ++i) {
         const at::Tensor y = model->forward(x).detach();
         if (torch::equal(y, out_one)) {
           ++saw_one;
@@ -142,12 +150,13 @@ TEST(Threads, OneLayerNeverMixesAdapters) {
       std::this_thread::yield();
     }
   });
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(120);
   std::vector<std::thread> workers;
   for (int w = 0; w < 3; ++w) {
     workers.emplace_back([&] {
       torch::NoGradGuard no_grad_here;
-      for (int i = 0; i < 200 || ((saw_a == 0 || saw_b == 0) && std::chrono::steady_clock::now() < deadline); ++i) {
+      for (int i = 0; i < 200 || still_needed(start, deadline, saw_a > 0 && saw_b > 0); ++i) {
         const at::Tensor y = model->forward(x);
         const bool a = torch::equal(y, out_a), b = torch::equal(y, out_b);
         saw_a += a, saw_b += b;

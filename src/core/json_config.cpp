@@ -166,31 +166,31 @@ InitWeights JsonConfigReader::get_init(const std::string& key, const InitWeights
   fail(key, "must be true, false or a method name, got " + describe(*v));
 }
 
-PatternMap<int64_t> JsonConfigReader::get_int_map(const std::string& key) {
+// nlohmann::json keeps object keys sorted; Python keeps insertion order. Both orders agree whenever at most
+// one key matches a module, which is how these patterns are meant to be written.
+template <class T>
+PatternMap<T> JsonConfigReader::get_map(const std::string& key, const char* what,
+                                        const std::function<std::optional<T>(const json&)>& convert) {
   const json* v = lookup(key);
-  PatternMap<int64_t> out;
+  PatternMap<T> out;
   if (!v) return out;
-  if (!v->is_object()) fail(key, "must be an object mapping patterns to integers, got " + describe(*v));
-  // nlohmann::json keeps object keys sorted; Python keeps insertion order. Both orders agree whenever
-  // at most one key matches a module, which is how these patterns are meant to be written.
+  if (!v->is_object()) fail(key, std::string("must be an object mapping patterns to ") + what + "s, got " + describe(*v));
   for (auto it = v->begin(); it != v->end(); ++it) {
-    const std::optional<int64_t> value = integral_value(it.value());
-    if (!value) fail(key, "value for '" + it.key() + "' must be an integer, got " + describe(it.value()));
+    const std::optional<T> value = convert(it.value());
+    if (!value) fail(key, "value for '" + it.key() + "' must be a " + what + ", got " + describe(it.value()));
     out.emplace_back(it.key(), *value);
   }
   return out;
 }
 
+PatternMap<int64_t> JsonConfigReader::get_int_map(const std::string& key) {
+  return get_map<int64_t>(key, "integer", integral_value);
+}
+
 PatternMap<double> JsonConfigReader::get_number_map(const std::string& key) {
-  const json* v = lookup(key);
-  PatternMap<double> out;
-  if (!v) return out;
-  if (!v->is_object()) fail(key, "must be an object mapping patterns to numbers, got " + describe(*v));
-  for (auto it = v->begin(); it != v->end(); ++it) {
-    if (!it.value().is_number()) fail(key, "value for '" + it.key() + "' must be a number, got " + describe(it.value()));
-    out.emplace_back(it.key(), it.value().get<double>());
-  }
-  return out;
+  return get_map<double>(key, "number", [](const json& v) -> std::optional<double> {
+    return v.is_number() ? std::optional<double>(v.get<double>()) : std::nullopt;
+  });
 }
 
 const json* JsonConfigReader::raw(const std::string& key) { return lookup(key); }

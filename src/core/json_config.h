@@ -4,6 +4,7 @@
 // unknown fields can be reported once), and writing in Python PEFT's layout.
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -69,6 +70,9 @@ class JsonConfigReader {
 
  private:
   const nlohmann::json* lookup(const std::string& key);
+  template <class T>
+  PatternMap<T> get_map(const std::string& key, const char* what,
+                        const std::function<std::optional<T>(const nlohmann::json&)>& convert);
 
   const nlohmann::json& object_;
   std::string source_;

@@ -27,9 +27,10 @@ PEFT_API void install_original_forwards(const OriginalForwards& originals);
 /// routes_torch_layers()).
 bool interpose_library_loaded();
 
-#define PEFT_ROUTE(Name)                                                                   \
-  PEFT_API at::Tensor route(torch::nn::Name##Impl& layer, const at::Tensor& input);        \
-  PEFT_API at::Tensor original_forward(torch::nn::Name##Impl& layer, const at::Tensor& input);
+/// route(): the routed forward of each layer type; original_forward(): LibTorch's own.
+#define PEFT_ROUTE(Name)                                                            \
+  PEFT_API at::Tensor route(torch::nn::Name##Impl& layer, const at::Tensor& input); \
+  at::Tensor original_forward(torch::nn::Name##Impl& layer, const at::Tensor& input);
 PEFT_ROUTED_LAYERS(PEFT_ROUTE)
 #undef PEFT_ROUTE
 

@@ -20,19 +20,14 @@
 namespace peft::detail::adalora {
 namespace {
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{
-      {"lora_A"}, {"lora_B"}, {"lora_E"}, {"ranknum", false, /*in_checkpoint=*/false}};
-  return c;
-}
-
 class AdaLoraLayer final : public DictAdapterLayer {
  public:
-  AdaLoraLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  AdaLoraLayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method,
+                         {{"lora_A"}, {"lora_B"}, {"lora_E"}, {"ranknum", false, /*in_checkpoint=*/false}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     at::Tensor result = base_forward(x);
     const bool training = base.is_training();
@@ -66,9 +61,9 @@ class AdaLoraLayer final : public DictAdapterLayer {
   }
 };
 
-class AdaLoraBuilder final : public AdapterBuilder {
+class AdaLoraBuilder final : public BuilderOf<AdaLoraConfig> {
  public:
-  AdaLoraBuilder(const Method& method, AdaLoraConfig& config) : method_(method), config_(config) {}
+  using BuilderOf::BuilderOf;
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -122,8 +117,6 @@ class AdaLoraBuilder final : public AdapterBuilder {
     return nullptr;
   }
 
-  const Method& method_;
-  AdaLoraConfig& config_;
 };
 
 }  // namespace

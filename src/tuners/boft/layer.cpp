@@ -32,11 +32,6 @@ namespace {
 
 enum Slot : size_t { R, S };
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"boft_R"}, {"boft_s"}};
-  return c;
-}
-
 /// Python's block_butterfly_perm: inside every block of n/b features the r-wide runs at even positions move
 /// before those at odd positions, so the next factor's blocks mix features the previous factor kept apart.
 std::vector<int64_t> butterfly_permutation(int64_t n, int64_t b, int64_t r, int64_t extra_factors) {
@@ -68,11 +63,11 @@ struct Record : AdapterRecord {
 
 class BOFTLayer final : public DictAdapterLayer {
  public:
-  BOFTLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  BOFTLayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, {{"boft_R"}, {"boft_s"}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     const c10::ScalarType previous = x.scalar_type();
     const bool training = base.is_training();
@@ -165,9 +160,9 @@ class BOFTLayer final : public DictAdapterLayer {
   }
 };
 
-class BOFTBuilder final : public AdapterBuilder {
+class BOFTBuilder final : public BuilderOf<BOFTConfig> {
  public:
-  BOFTBuilder(const Method& method, BOFTConfig& config) : method_(method), config_(config) {}
+  using BuilderOf::BuilderOf;
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -237,9 +232,6 @@ class BOFTBuilder final : public AdapterBuilder {
     return prepare_dict_adapter<BOFTLayer>(request, method_, std::move(adapter));
   }
 
- private:
-  const Method& method_;
-  BOFTConfig& config_;
 };
 
 }  // namespace

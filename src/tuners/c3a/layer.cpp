@@ -22,11 +22,6 @@
 namespace peft::detail::c3a {
 namespace {
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"c3a_kernel"}};
-  return c;
-}
-
 /// x (..., n*b) with kernels w (m, n, b): y_mb = sum_n circular convolution of x_nb with w_mnb.
 at::Tensor block_circular_convolution(const at::Tensor& x, const at::Tensor& w) {
   const int64_t n = w.size(1), b = w.size(2);
@@ -47,11 +42,11 @@ at::Tensor circulant(const at::Tensor& w) {
 
 class C3ALayer final : public DictAdapterLayer {
  public:
-  C3ALayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  C3ALayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, {{"c3a_kernel"}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     const c10::ScalarType previous = x.scalar_type();
     at::Tensor result = base_forward(x);
@@ -73,10 +68,10 @@ class C3ALayer final : public DictAdapterLayer {
   }
 };
 
-class C3ABuilder final : public AdapterBuilder {
+class C3ABuilder final : public BuilderOf<const C3AConfig> {
  public:
   C3ABuilder(const Method& method, const C3AConfig& config)
-      : method_(method), config_(config), block_sizes_(config.block_size_pattern(), "block_size_pattern") {}
+      : BuilderOf(method, config), block_sizes_(config.block_size_pattern(), "block_size_pattern") {}
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -110,15 +105,11 @@ class C3ABuilder final : public AdapterBuilder {
         kernel.uniform_(-a, a);
       }
     }
-    DictAdapterLayer::NewAdapter adapter;
-    adapter.record = std::make_shared<AdapterRecord>(request.adapter_name);
-    adapter.tensors.emplace_back(0, kernel);
-    return prepare_dict_adapter<C3ALayer>(request, method_, std::move(adapter));
+    auto record = std::make_shared<AdapterRecord>(request.adapter_name);
+    return prepare_dict_adapter<C3ALayer>(request, method_, {record, {{0, kernel}}, {}});
   }
 
  private:
-  const Method& method_;
-  const C3AConfig& config_;
   PatternLookup<int64_t> block_sizes_;
 };
 

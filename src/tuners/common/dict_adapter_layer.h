@@ -17,6 +17,8 @@ namespace peft::detail {
 
 class DictAdapterLayer : public AdapterLayer {
  public:
+  using ActiveAdapters = std::vector<std::shared_ptr<const AdapterRecord>>;
+
   struct Container {
     std::string name;
     bool holds_modules = false;  // ModuleDict (one module per adapter) instead of ParameterDict
@@ -58,9 +60,7 @@ class DictAdapterLayer : public AdapterLayer {
 
  protected:
   /// The layer output with these adapters active (not disabled, not merged).
-  virtual at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
-                                    const std::vector<std::shared_ptr<const AdapterRecord>>& active,
-                                    BaseForward base_forward) = 0;
+  virtual at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active, BaseForward base_forward) = 0;
   /// One adapter merged into (weight, bias); returns the new pair (bias may stay undefined). The default adds
   /// delta_weight() to the weight. Throws MergeError when the adapter cannot be merged.
   virtual std::pair<at::Tensor, at::Tensor> merge_step(const at::Tensor& weight, const at::Tensor& bias,

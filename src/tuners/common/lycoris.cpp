@@ -12,8 +12,7 @@
 
 namespace peft::detail {
 
-at::Tensor LycorisLayer::forward_active(torch::nn::Module& base, const at::Tensor& x,
-                                        const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+at::Tensor LycorisLayer::forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
                                         BaseForward base_forward) {
   const c10::ScalarType previous_dtype = x.scalar_type();
   at::Tensor result = base_forward(x);

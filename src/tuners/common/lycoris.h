@@ -26,9 +26,7 @@ class LycorisLayer : public DictAdapterLayer {
  protected:
   /// The update laid out like the base weight, scaled, without dropout.
   at::Tensor delta_weight(const AdapterRecord& record) const override = 0;
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
-                            BaseForward base_forward) override;
+  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active, BaseForward base_forward) override;
 };
 
 /// What a LoHa / LoKr config decides for each module's adapter: r and alpha (rank_pattern / alpha_pattern

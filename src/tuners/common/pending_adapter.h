@@ -10,6 +10,17 @@
 
 namespace peft::detail {
 
+/// The base of a method's AdapterBuilder: the method and the injection's config.
+template <class Config>
+class BuilderOf : public AdapterBuilder {
+ public:
+  BuilderOf(const Method& method, Config& config) : method_(method), config_(config) {}
+
+ protected:
+  const Method& method_;
+  Config& config_;
+};
+
 /// Device and dtype for a new adapter's tensors: the layer's (float32 for a non-float layer), or the meta
 /// device with `low_cpu_mem_usage` or when the layer itself lives there.
 at::TensorOptions adapter_options(const BaseLayer& base, bool low_cpu_mem_usage);

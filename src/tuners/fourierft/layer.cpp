@@ -20,11 +20,6 @@
 namespace peft::detail::fourierft {
 namespace {
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"fourierft_spectrum"}};
-  return c;
-}
-
 struct Record : AdapterRecord {
   using AdapterRecord::AdapterRecord;
   double scaling = 0;
@@ -33,11 +28,11 @@ struct Record : AdapterRecord {
 
 class FourierFTLayer final : public DictAdapterLayer {
  public:
-  FourierFTLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  FourierFTLayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, {{"fourierft_spectrum"}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     const c10::ScalarType previous = x.scalar_type();
     at::Tensor result = base_forward(x);
@@ -65,10 +60,10 @@ class FourierFTLayer final : public DictAdapterLayer {
   }
 };
 
-class FourierFTBuilder final : public AdapterBuilder {
+class FourierFTBuilder final : public BuilderOf<FourierFTConfig> {
  public:
   FourierFTBuilder(const Method& method, FourierFTConfig& config)
-      : method_(method), config_(config), n_frequencies_(config.n_frequency_pattern(), "n_frequency_pattern") {}
+      : BuilderOf(method, config), n_frequencies_(config.n_frequency_pattern(), "n_frequency_pattern") {}
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -98,15 +93,10 @@ class FourierFTBuilder final : public AdapterBuilder {
         spectrum.normal_();
       }
     }
-    DictAdapterLayer::NewAdapter adapter;
-    adapter.record = record;
-    adapter.tensors.emplace_back(0, spectrum);
-    return prepare_dict_adapter<FourierFTLayer>(request, method_, std::move(adapter));
+    return prepare_dict_adapter<FourierFTLayer>(request, method_, {record, {{0, spectrum}}, {}});
   }
 
  private:
-  const Method& method_;
-  FourierFTConfig& config_;
   PatternLookup<int64_t> n_frequencies_;
 };
 

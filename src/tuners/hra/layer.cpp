@@ -21,11 +21,6 @@
 namespace peft::detail::hra {
 namespace {
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"hra_u"}};
-  return c;
-}
-
 struct Record : AdapterRecord {
   using AdapterRecord::AdapterRecord;
   int64_t r = 0;
@@ -34,11 +29,11 @@ struct Record : AdapterRecord {
 
 class HRALayer final : public DictAdapterLayer {
  public:
-  HRALayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  HRALayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, {{"hra_u"}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward) override {
     const c10::ScalarType previous = x.scalar_type();
     at::Tensor transform;
@@ -103,9 +98,9 @@ class HRALayer final : public DictAdapterLayer {
   }
 };
 
-class HRABuilder final : public AdapterBuilder {
+class HRABuilder final : public BuilderOf<const HRAConfig> {
  public:
-  HRABuilder(const Method& method, const HRAConfig& config) : method_(method), config_(config) {}
+  using BuilderOf::BuilderOf;
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -128,15 +123,9 @@ class HRABuilder final : public AdapterBuilder {
         kaiming_default(u);
       }
     }
-    DictAdapterLayer::NewAdapter adapter;
-    adapter.record = record;
-    adapter.tensors.emplace_back(0, u);
-    return prepare_dict_adapter<HRALayer>(request, method_, std::move(adapter));
+    return prepare_dict_adapter<HRALayer>(request, method_, {record, {{0, u}}, {}});
   }
 
- private:
-  const Method& method_;
-  const HRAConfig& config_;
 };
 
 }  // namespace

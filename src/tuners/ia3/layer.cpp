@@ -14,11 +14,6 @@
 namespace peft::detail::ia3 {
 namespace {
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"ia3_l"}};
-  return c;
-}
-
 struct Record : AdapterRecord {
   using AdapterRecord::AdapterRecord;
 };
@@ -26,11 +21,10 @@ struct Record : AdapterRecord {
 class IA3Layer final : public DictAdapterLayer {
  public:
   IA3Layer(const LayerRequest& request, const Method& method, bool feedforward)
-      : DictAdapterLayer(request, method, containers()), feedforward_(feedforward) {}
+      : DictAdapterLayer(request, method, {{"ia3_l"}}), feedforward_(feedforward) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     const c10::ScalarType previous = x.scalar_type();
     at::Tensor scaling;
@@ -81,9 +75,9 @@ class IA3Layer final : public DictAdapterLayer {
   bool feedforward_;
 };
 
-class IA3Builder final : public AdapterBuilder {
+class IA3Builder final : public BuilderOf<IA3Config> {
  public:
-  IA3Builder(const Method& method, IA3Config& config) : method_(method), config_(config) {
+  IA3Builder(const Method& method, IA3Config& config) : BuilderOf(method, config) {
     if (config.feedforward_modules().is_regex()) {
       feedforward_regex_.emplace(config.feedforward_modules().pattern(), PythonRegex::Anchor::Full, "feedforward_modules");
     }
@@ -129,8 +123,6 @@ class IA3Builder final : public AdapterBuilder {
     return false;
   }
 
-  const Method& method_;
-  IA3Config& config_;
   std::optional<PythonRegex> feedforward_regex_;
 };
 

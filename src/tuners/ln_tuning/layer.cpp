@@ -17,11 +17,6 @@
 namespace peft::detail::ln_tuning {
 namespace {
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"ln_tuning_layers", true}};
-  return c;
-}
-
 /// Exchanges the values of every parameter and buffer the two layers share by name.
 void swap_tensors(torch::nn::Module& a, torch::nn::Module& b) {
   at::NoGradGuard no_grad;
@@ -40,7 +35,8 @@ void swap_tensors(torch::nn::Module& a, torch::nn::Module& b) {
 
 class LNTuningLayer final : public DictAdapterLayer {
  public:
-  LNTuningLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  LNTuningLayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, {{"ln_tuning_layers", true}}) {}
 
   std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
                                                bool) override {
@@ -90,8 +86,8 @@ class LNTuningLayer final : public DictAdapterLayer {
   }
 
  protected:
-  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active, BaseForward) override {
+  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,
+                            BaseForward) override {
     if (active.size() != 1) {
       throw ConfigError("Trying to run forward with " + std::to_string(active.size()) +
                         " active adapters, but LN tuning does not allow inference with more than one adapter at a time");
@@ -100,9 +96,9 @@ class LNTuningLayer final : public DictAdapterLayer {
   }
 };
 
-class LNTuningBuilder final : public AdapterBuilder {
+class LNTuningBuilder final : public BuilderOf<const LNTuningConfig> {
  public:
-  explicit LNTuningBuilder(const Method& method) : method_(method) {}
+  using BuilderOf::BuilderOf;
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -115,18 +111,15 @@ class LNTuningBuilder final : public AdapterBuilder {
         replace_tensor(*copy, key, at::empty(t.sizes(), t.options().device(at::kMeta)));
       }
     }
-    DictAdapterLayer::NewAdapter adapter;
-    adapter.record = std::make_shared<AdapterRecord>(request.adapter_name);
-    adapter.modules.emplace_back(0, copy);
-    return prepare_dict_adapter<LNTuningLayer>(request, method_, std::move(adapter));
+    auto record = std::make_shared<AdapterRecord>(request.adapter_name);
+    return prepare_dict_adapter<LNTuningLayer>(request, method_, {record, {}, {{0, copy}}});
   }
-
- private:
-  const Method& method_;
 };
 
 }  // namespace
 
-std::unique_ptr<AdapterBuilder> make_builder(const Method& method) { return std::make_unique<LNTuningBuilder>(method); }
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const LNTuningConfig& config) {
+  return std::make_unique<LNTuningBuilder>(method, config);
+}
 
 }  // namespace peft::detail::ln_tuning

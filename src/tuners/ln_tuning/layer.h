@@ -7,6 +7,6 @@
 namespace peft::detail::ln_tuning {
 
 /// Builds LN tuning adapters (a trainable copy of each targeted layer) for one injection.
-std::unique_ptr<AdapterBuilder> make_builder(const Method& method);
+std::unique_ptr<AdapterBuilder> make_builder(const Method& method, const LNTuningConfig& config);
 
 }  // namespace peft::detail::ln_tuning

@@ -13,7 +13,7 @@ class LNTuning final : public MethodOf<LNTuningConfig> {
     without_common_fields({"layers_to_transform", "layers_pattern"});
   }
 
-  std::unique_ptr<AdapterBuilder> start(LNTuningConfig&) const override { return make_builder(*this); }
+  std::unique_ptr<AdapterBuilder> start(LNTuningConfig& config) const override { return make_builder(*this, config); }
 };
 
 }  // namespace

@@ -20,12 +20,6 @@ namespace {
 
 enum Slot : size_t { W1A, W1B, W2A, W2B, T1, T2 };
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"hada_w1_a"}, {"hada_w1_b"}, {"hada_w2_a"},
-                                                          {"hada_w2_b"}, {"hada_t1"},   {"hada_t2"}};
-  return c;
-}
-
 struct Record : LycorisRecord {
   using LycorisRecord::LycorisRecord;
   bool cp = false;  // the kernel is CP-decomposed (hada_t1 / hada_t2)
@@ -33,7 +27,9 @@ struct Record : LycorisRecord {
 
 class LoHaLayer final : public LycorisLayer {
  public:
-  LoHaLayer(const LayerRequest& request, const Method& method) : LycorisLayer(request, method, containers()) {}
+  LoHaLayer(const LayerRequest& request, const Method& method)
+      : LycorisLayer(request, method,
+                     {{"hada_w1_a"}, {"hada_w1_b"}, {"hada_w2_a"}, {"hada_w2_b"}, {"hada_t1"}, {"hada_t2"}}) {}
 
  protected:
   at::Tensor delta_weight(const AdapterRecord& r) const override {
@@ -52,9 +48,9 @@ class LoHaLayer final : public LycorisLayer {
   }
 };
 
-class LoHaBuilder final : public AdapterBuilder {
+class LoHaBuilder final : public BuilderOf<const LoHaConfig> {
  public:
-  LoHaBuilder(const Method& method, const LoHaConfig& config) : method_(method), config_(config), settings_(config) {}
+  LoHaBuilder(const Method& method, const LoHaConfig& config) : BuilderOf(method, config), settings_(config) {}
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -94,8 +90,6 @@ class LoHaBuilder final : public AdapterBuilder {
   }
 
  private:
-  const Method& method_;
-  const LoHaConfig& config_;
   LycorisSettings settings_;
 };
 

@@ -21,12 +21,6 @@ namespace {
 
 enum Slot : size_t { W1, W1A, W1B, W2, W2A, W2B, T2 };
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"lokr_w1"}, {"lokr_w1_a"}, {"lokr_w1_b"}, {"lokr_w2"},
-                                                          {"lokr_w2_a"}, {"lokr_w2_b"}, {"lokr_t2"}};
-  return c;
-}
-
 // Python's factorization(): m * n = dimension with m <= n, m close to `factor` (or to the square root).
 std::pair<int64_t, int64_t> factorization(int64_t dimension, int64_t factor) {
   if (factor > 0 && dimension % factor == 0) return {factor, dimension / factor};
@@ -51,7 +45,9 @@ struct Record : LycorisRecord {
 
 class LoKrLayer final : public LycorisLayer {
  public:
-  LoKrLayer(const LayerRequest& request, const Method& method) : LycorisLayer(request, method, containers()) {}
+  LoKrLayer(const LayerRequest& request, const Method& method)
+      : LycorisLayer(request, method,
+                     {{"lokr_w1"}, {"lokr_w1_a"}, {"lokr_w1_b"}, {"lokr_w2"}, {"lokr_w2_a"}, {"lokr_w2_b"}, {"lokr_t2"}}) {}
 
  protected:
   at::Tensor delta_weight(const AdapterRecord& r) const override {
@@ -72,9 +68,9 @@ class LoKrLayer final : public LycorisLayer {
   }
 };
 
-class LoKrBuilder final : public AdapterBuilder {
+class LoKrBuilder final : public BuilderOf<const LoKrConfig> {
  public:
-  LoKrBuilder(const Method& method, const LoKrConfig& config) : method_(method), config_(config), settings_(config) {}
+  LoKrBuilder(const Method& method, const LoKrConfig& config) : BuilderOf(method, config), settings_(config) {}
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -130,8 +126,6 @@ class LoKrBuilder final : public AdapterBuilder {
   }
 
  private:
-  const Method& method_;
-  const LoKrConfig& config_;
   LycorisSettings settings_;
 };
 

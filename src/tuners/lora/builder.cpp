@@ -107,17 +107,15 @@ class PendingLora final : public PendingChange {
   }
 };
 
-class LoraBuilder final : public AdapterBuilder {
+class LoraBuilder final : public BuilderOf<LoraConfig> {
  public:
   LoraBuilder(const Method& method, LoraConfig& config)
-      : method_(method), config_(config), ranks_(config.rank_pattern(), "rank_pattern"),
+      : BuilderOf(method, config), ranks_(config.rank_pattern(), "rank_pattern"),
         alphas_(config.alpha_pattern(), "alpha_pattern") {}
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override;
 
  private:
-  const Method& method_;
-  LoraConfig& config_;
   PatternLookup<int64_t> ranks_;
   PatternLookup<double> alphas_;
 };

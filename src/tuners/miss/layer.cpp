@@ -26,11 +26,6 @@ namespace {
 
 enum class Mode { Balance, Bat, Mini };
 
-const std::vector<DictAdapterLayer::Container>& containers() {
-  static const std::vector<DictAdapterLayer::Container> c{{"miss_block"}};
-  return c;
-}
-
 struct Record : AdapterRecord {
   using AdapterRecord::AdapterRecord;
   Mode mode = Mode::Balance;
@@ -40,11 +35,11 @@ struct Record : AdapterRecord {
 
 class MissLayer final : public DictAdapterLayer {
  public:
-  MissLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
+  MissLayer(const LayerRequest& request, const Method& method)
+      : DictAdapterLayer(request, method, {{"miss_block"}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     const c10::ScalarType previous = x.scalar_type();
     // Python picks the forward from the layer's first adapter; here each adapter keeps its own variant.
@@ -142,9 +137,9 @@ class MissLayer final : public DictAdapterLayer {
   }
 };
 
-class MissBuilder final : public AdapterBuilder {
+class MissBuilder final : public BuilderOf<const MissConfig> {
  public:
-  MissBuilder(const Method& method, const MissConfig& config) : method_(method), config_(config) {}
+  using BuilderOf::BuilderOf;
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -181,15 +176,9 @@ class MissBuilder final : public AdapterBuilder {
         block.zero_();
       }
     }
-    DictAdapterLayer::NewAdapter adapter;
-    adapter.record = record;
-    adapter.tensors.emplace_back(0, block);
-    return prepare_dict_adapter<MissLayer>(request, method_, std::move(adapter));
+    return prepare_dict_adapter<MissLayer>(request, method_, {record, {{0, block}}, {}});
   }
 
- private:
-  const Method& method_;
-  const MissConfig& config_;
 };
 
 }  // namespace

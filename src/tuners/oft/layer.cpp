@@ -40,8 +40,7 @@ class OFTLayer final : public DictAdapterLayer {
       : DictAdapterLayer(request, method, containers(request.base.kind == LayerKind::Embedding)) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x,
-                            const std::vector<std::shared_ptr<const AdapterRecord>>& active,
+  at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {
     const c10::ScalarType previous = x.scalar_type();
     if (kind() == LayerKind::Embedding) {
@@ -128,9 +127,9 @@ class OFTLayer final : public DictAdapterLayer {
   }
 };
 
-class OFTBuilder final : public AdapterBuilder {
+class OFTBuilder final : public BuilderOf<OFTConfig> {
  public:
-  OFTBuilder(const Method& method, OFTConfig& config) : method_(method), config_(config) {}
+  using BuilderOf::BuilderOf;
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
@@ -193,9 +192,6 @@ class OFTBuilder final : public AdapterBuilder {
     return prepare_dict_adapter<OFTLayer>(request, method_, std::move(adapter));
   }
 
- private:
-  const Method& method_;
-  OFTConfig& config_;
 };
 
 }  // namespace
