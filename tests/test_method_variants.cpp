@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "support/layers.h"
+#include "support/method_variants.h"
 #include "support/snapshot.h"
 #include "support/vector_model.h"
 #include "support/vectors.h"
@@ -16,48 +17,6 @@ namespace peft_test {
 namespace {
 
 namespace fs = std::filesystem;
-
-// x (3, 16) -> lin0 (16 -> 24) -> norm -> relu -> lin1 (24 -> 16)
-struct MlpImpl : torch::nn::Module {
-  nn::Linear lin0{nullptr}, lin1{nullptr};
-  nn::LayerNorm norm{nullptr};
-  MlpImpl() {
-    lin0 = register_module("lin0", nn::Linear(16, 24));
-    norm = register_module("norm", nn::LayerNorm(torch::nn::LayerNormOptions({24})));
-    lin1 = register_module("lin1", nn::Linear(24, 16));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(norm(lin0(x)))); }
-};
-TORCH_MODULE(Mlp);
-
-// x (2, 4, 6, 6) -> conv (4 -> 8, 3x3, padding 1) -> relu -> point (8 -> 4, 1x1)
-struct ConvNetImpl : torch::nn::Module {
-  nn::Conv2d conv{nullptr}, point{nullptr};
-  ConvNetImpl() {
-    conv = register_module("conv", nn::Conv2d(torch::nn::Conv2dOptions(4, 8, 3).padding(1)));
-    point = register_module("point", nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 1)));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return point(torch::relu(conv(x))); }
-};
-TORCH_MODULE(ConvNet);
-
-// Layer types most methods cannot adapt: an embedding and transformers' Conv1D.
-struct OddLayersImpl : torch::nn::Module {
-  nn::Embedding emb{nullptr};
-  GPT2Conv1D conv1d{nullptr};
-  OddLayersImpl() {
-    emb = register_module("emb", nn::Embedding(10, 20));
-    conv1d = register_module("conv1d", GPT2Conv1D(20, 20));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return conv1d(emb(x)); }
-};
-TORCH_MODULE(OddLayers);
-
-struct Variant {
-  std::string name;
-  bool conv;            // ConvNet instead of Mlp
-  nlohmann::json config;
-};
 
 std::vector<Variant> variants() {
   using nlohmann::json;
@@ -128,8 +87,6 @@ void inject(const Variant& v, torch::nn::Module& model) {
     if (param.value().requires_grad()) param.value().add_(0.1 * torch::randn_like(param.value()));
   }
 }
-
-class MethodVariants : public testing::TestWithParam<Variant> {};
 
 TEST_P(MethodVariants, AdapterChangesTheOutputAndMergeReproducesIt) {
   const Variant& v = GetParam();
@@ -224,38 +181,36 @@ TEST_P(MethodVariants, StateDictInjectionAdaptsTheLayersItNames) {
   EXPECT_LT(max_abs_diff(run(v, *model), run(v, *source)), 1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(All, MethodVariants, testing::ValuesIn(variants()),
-                         [](const auto& info) { return info.param.name; });
-
-// Which of OddLayers' layers each method cannot adapt.
-class UnsupportedLayers : public testing::TestWithParam<std::pair<std::string, std::string>> {};
+INSTANTIATE_TEST_SUITE_P(All, MethodVariants, testing::ValuesIn(variants()), VariantName());
 
 TEST_P(UnsupportedLayers, AreRefusedAndTheModelIsUnchanged) {
-  const auto& [peft_type, layer] = GetParam();
+  const UnsupportedLayer& u = GetParam();
   WarningCapture warnings;
   OddLayers model;
   const ModelSnapshot before(*model);
-  nlohmann::json json = {{"peft_type", peft_type}, {"target_modules", {layer}}};
-  if (peft_type == "ADALORA") json["total_step"] = 10;
-  if (peft_type == "C3A") json["block_size"] = 4;
-  if (peft_type == "OFT") json["oft_block_size"] = 4;
+  nlohmann::json json = u.extra;
+  json["peft_type"] = u.peft_type;
+  json["target_modules"] = {u.layer};
   try {
     peft::inject_adapter_in_model(*peft::config_from_json_string(json.dump()), model);
-    ADD_FAILURE() << peft_type << " accepted " << layer;
+    ADD_FAILURE() << u.peft_type << " accepted " << u.layer;
   } catch (const peft::UnsupportedLayerError& e) {
     EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(u.layer), std::string::npos) << "the message should name the layer: " << e.what();
   }
   EXPECT_TRUE(ModelSnapshot(*model) == before);
 }
 
+// Which of OddLayers' layers each method cannot adapt (later methods list theirs in tests/methods/<method>.cpp).
 INSTANTIATE_TEST_SUITE_P(
     All, UnsupportedLayers,
-    testing::Values(std::pair{"LOHA", "emb"}, std::pair{"LOHA", "conv1d"}, std::pair{"LOKR", "emb"},
-                    std::pair{"IA3", "emb"}, std::pair{"ADALORA", "emb"}, std::pair{"OFT", "conv1d"},
-                    std::pair{"BOFT", "emb"}, std::pair{"BOFT", "conv1d"}, std::pair{"HRA", "emb"},
-                    std::pair{"FOURIERFT", "emb"}, std::pair{"C3A", "emb"}, std::pair{"C3A", "conv1d"},
-                    std::pair{"MISS", "conv1d"}, std::pair{"LN_TUNING", "conv1d"}),
-    [](const auto& info) { return info.param.first + "_" + info.param.second; });
+    testing::Values(UnsupportedLayer{"LOHA", "emb"}, UnsupportedLayer{"LOHA", "conv1d"}, UnsupportedLayer{"LOKR", "emb"},
+                    UnsupportedLayer{"IA3", "emb"}, UnsupportedLayer{"ADALORA", "emb", {{"total_step", 10}}},
+                    UnsupportedLayer{"OFT", "conv1d", {{"oft_block_size", 4}}}, UnsupportedLayer{"BOFT", "emb"},
+                    UnsupportedLayer{"BOFT", "conv1d"}, UnsupportedLayer{"HRA", "emb"}, UnsupportedLayer{"FOURIERFT", "emb"},
+                    UnsupportedLayer{"C3A", "emb", {{"block_size", 4}}}, UnsupportedLayer{"C3A", "conv1d", {{"block_size", 4}}},
+                    UnsupportedLayer{"MISS", "conv1d"}, UnsupportedLayer{"LN_TUNING", "conv1d"}),
+    UnsupportedLayerName());
 
 }  // namespace
 }  // namespace peft_test

@@ -253,6 +253,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   std::vector<std::string> pending_names;
   std::set<LayerKind> routed_kinds;
   std::unordered_set<const torch::nn::Module*> adapted;
+  std::vector<LayerRequest> requests;
   for (const Candidate& target : targets) {
     std::optional<BaseLayer> base = describe_layer(*target.module);
     if (!base || !method->supports(base->kind)) {
@@ -264,11 +265,15 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
                                   "': it already carries " + existing->peft_type() +
                                   " adapters, and peft-cpp keeps one adapter method per layer.");
     }
-    LayerRequest request{shared_config, adapter_name, target.name, *base, existing, low_cpu_mem_usage};
-    pending.push_back(builder->prepare(request));
-    pending_names.push_back(target.name);
+    requests.push_back(LayerRequest{shared_config, adapter_name, target.name, *base, existing, low_cpu_mem_usage});
     if (needs_routing(*target.module, base->kind)) routed_kinds.insert(base->kind);
     adapted.insert(target.module);
+  }
+  // Methods whose layers share tensors (VeRA's projections, Lily's groups) size and create them here.
+  builder->plan(requests);
+  for (const LayerRequest& request : requests) {
+    pending.push_back(builder->prepare(request));
+    pending_names.push_back(request.module_name);
   }
   if (const auto& modules_to_save = config->modules_to_save()) {
     for (const Candidate& c : modules) {

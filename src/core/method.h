@@ -42,6 +42,10 @@ struct LayerRequest {
 class AdapterBuilder {
  public:
   virtual ~AdapterBuilder() = default;
+  /// Sees every layer of the injection before the first prepare(): where layers share tensors (VeRA's
+  /// projections sized by the largest layer, Lily's groups), the builder sizes and creates them here. It
+  /// must not change the model either.
+  virtual void plan(const std::vector<LayerRequest>& requests) {}
   /// The change that adds the adapter to one layer. Throws ConfigError for values that do not fit the layer
   /// (the layer kind itself was checked against Method::layer_kinds()).
   virtual std::unique_ptr<PendingChange> prepare(const LayerRequest& request) = 0;
