@@ -46,6 +46,8 @@ std::vector<Example> examples() {
       {"BOFT", [=] { return shared(peft::BOFTConfig().boft_block_size(4).boft_n_butterfly_factor(2).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"HRA", [=] { return shared(peft::HRAConfig().r(4).apply_GS(true).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"FourierFT", [=] { return shared(peft::FourierFTConfig().n_frequency(100).scaling(100.0).target_modules({"lin0", "lin1"})); }},
+      {"SHiRA", [=] { return shared(peft::ShiraConfig().r(4).random_seed(0).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"WaveFT", [=] { return shared(peft::WaveFTConfig().n_frequency(200).wavelet_family("db2").target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"C3A", [=] { return shared(peft::C3AConfig().block_size(16).target_modules({"lin0", "lin1"}).init_weights("gaussian")); }},
       {"MiSS", [=] { return shared(peft::MissConfig().r(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},

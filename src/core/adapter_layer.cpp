@@ -182,6 +182,11 @@ std::vector<AdapterTensor> AdapterLayer::adapter_tensors(const torch::nn::Module
       out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, false});
       continue;
     }
+    // A buffer dict does the same with a buffer: saved and loaded, never trained (SHiRA's integer indices).
+    if (buffers_of(dict).contains(adapter)) {
+      out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, true});
+      continue;
+    }
     // A ModuleDict holds a module per adapter; take every tensor of that module's subtree.
     const auto* entry = children_of(dict).find(adapter);
     if (!entry) continue;

@@ -46,6 +46,9 @@ class PendingChange {
   /// The shapes of the tensors the change will create, by checkpoint key relative to the layer, so a
   /// state dict can be checked against them before anything is attached.
   virtual std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const { return {}; }
+  /// Of those, the ones holding integers (index tensors such as SHiRA's shira_indices) instead of
+  /// floating-point weights, with their dtype.
+  virtual std::vector<std::pair<std::string, c10::ScalarType>> checkpoint_integer_dtypes() const { return {}; }
 };
 
 /// One tensor of an adapter: its checkpoint key relative to the layer ("lora_A.weight") and the registry

@@ -84,12 +84,19 @@ void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std:
   for (const auto& item : state_dict) by_key[strip_peft_prefix(item.key())] = &item.value();
   std::string problems;
   for (size_t i = 0; i < names.size(); ++i) {
+    const auto integer_dtypes = pending[i]->checkpoint_integer_dtypes();
     for (const auto& [key, shape] : pending[i]->checkpoint_shapes()) {
       auto it = by_key.find(names[i] + "." + key);
       if (it == by_key.end()) continue;
+      auto integer = std::find_if(integer_dtypes.begin(), integer_dtypes.end(), [&](const auto& e) { return e.first == key; });
       std::ostringstream line;
       if (it->second->sizes().vec() != shape) {
         line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);
+      } else if (integer != integer_dtypes.end()) {
+        if (it->second->scalar_type() != integer->second) {
+          line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, the adapter's indices are "
+               << integer->second;
+        }
       } else if (!it->second->is_floating_point()) {
         line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, adapter weights are floating point";
       }

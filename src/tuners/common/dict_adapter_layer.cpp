@@ -6,6 +6,39 @@
 #include <peft/error.h>
 
 namespace peft::detail {
+namespace {
+
+// Python PEFT's BufferDict: one buffer per adapter. Unlike LibTorch's Module::to, a dtype change leaves
+// integer buffers as they are, as PyTorch's Module.to does (index tensors must stay integers).
+class BufferDictImpl final : public torch::nn::Module {
+ public:
+  BufferDictImpl() : torch::nn::Module("BufferDict") {}
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking) override {
+    for (auto& item : buffers_of(*this)) {
+      at::Tensor& buffer = item.value();
+      if (buffer.is_floating_point()) buffer.set_data(buffer.to(dtype, non_blocking));
+    }
+  }
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking) override {
+    for (auto& item : buffers_of(*this)) {
+      at::Tensor& buffer = item.value();
+      buffer.set_data(buffer.to(device, buffer.is_floating_point() ? dtype : buffer.scalar_type(), non_blocking));
+    }
+  }
+  void pretty_print(std::ostream& stream) const override {
+    stream << "peft::BufferDict(";
+    bool first = true;
+    for (const auto& item : buffers_of(*this)) {
+      stream << (first ? "" : ", ") << "(" << item.key() << "): Buffer containing: [" << item.value().scalar_type()
+             << " of size " << item.value().sizes() << "]";
+      first = false;
+    }
+    stream << ")";
+  }
+};
+
+}  // namespace
 
 DictAdapterLayer::DictAdapterLayer(const LayerRequest& request, const Method& method, std::vector<Container> containers)
     : AdapterLayer(request.base, request.module_name), method_(method), containers_(std::move(containers)) {}
@@ -16,6 +49,7 @@ std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdap
   for (size_t i = 0; i < layer->containers_.size(); ++i) {
     const Container& c = layer->containers_[i];
     std::shared_ptr<torch::nn::Module> dict;
+    TORCH_INTERNAL_ASSERT(i > 0 || !c.holds_buffers, "the anchor container cannot hold buffers");
     if (i == 0) {
       // The anchor owns the layer; the layer keeps raw pointers to its containers (they live as long as it).
       if (c.holds_modules) {
@@ -29,6 +63,8 @@ std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdap
       }
     } else if (c.holds_modules) {
       dict = std::make_shared<torch::nn::ModuleDictImpl>();
+    } else if (c.holds_buffers) {
+      dict = std::make_shared<BufferDictImpl>();
     } else {
       dict = std::make_shared<ParameterDictImpl>();
     }
@@ -55,7 +91,11 @@ std::vector<std::string> DictAdapterLayer::checkpoint_container_names() const {
 void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig> config) {
   const std::string name = adapter.record->name;
   for (auto& [index, tensor] : adapter.tensors) {
-    dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
+    if (containers_[index].holds_buffers) {
+      dicts_[index]->register_buffer(name, tensor);
+    } else {
+      dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
+    }
   }
   for (auto& [index, module] : adapter.modules) {
     dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[index]).update({{name, module}});
@@ -67,6 +107,8 @@ void DictAdapterLayer::remove_adapter(torch::nn::Module&, const std::string& nam
   for (size_t i = 0; i < containers_.size(); ++i) {
     if (containers_[i].holds_modules) {
       erase_from(dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[i]), name);
+    } else if (containers_[i].holds_buffers) {
+      if (buffers_of(*dicts_[i]).contains(name)) buffers_of(*dicts_[i]).erase(name);
     } else {
       auto& dict = dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[i]);
       if (dict.contains(name)) dict.pop(name);
@@ -81,14 +123,16 @@ const at::Tensor& DictAdapterLayer::param(size_t index, const std::string& adapt
     TORCH_INTERNAL_ASSERT(module, "adapter '", adapter, "' has no module in ", containers_[index].name);
     return *parameters_of(**module).find("weight");
   }
-  const at::Tensor* tensor = parameters_of(*dicts_[index]).find(adapter);
+  const TensorMap& tensors = containers_[index].holds_buffers ? buffers_of(*dicts_[index]) : parameters_of(*dicts_[index]);
+  const at::Tensor* tensor = tensors.find(adapter);
   TORCH_INTERNAL_ASSERT(tensor, "adapter '", adapter, "' has no tensor in ", containers_[index].name);
   return *tensor;
 }
 
 bool DictAdapterLayer::has_param(size_t index, const std::string& adapter) const {
-  return containers_[index].holds_modules ? children_of(*dicts_[index]).contains(adapter)
-                                          : parameters_of(*dicts_[index]).contains(adapter);
+  if (containers_[index].holds_modules) return children_of(*dicts_[index]).contains(adapter);
+  if (containers_[index].holds_buffers) return buffers_of(*dicts_[index]).contains(adapter);
+  return parameters_of(*dicts_[index]).contains(adapter);
 }
 
 std::shared_ptr<torch::nn::Module> DictAdapterLayer::module(size_t index, const std::string& adapter) const {

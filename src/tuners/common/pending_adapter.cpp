@@ -29,6 +29,16 @@ class PendingDictAdapter final : public PendingChange {
     return out;
   }
 
+  std::vector<std::pair<std::string, c10::ScalarType>> checkpoint_integer_dtypes() const override {
+    const auto& containers = target().container_list();
+    std::vector<std::pair<std::string, c10::ScalarType>> out;
+    for (const auto& [index, tensor] : adapter.tensors) {
+      const bool integer = !tensor.is_floating_point() && !tensor.is_complex();
+      if (containers[index].in_checkpoint && integer) out.emplace_back(containers[index].name, tensor.scalar_type());
+    }
+    return out;
+  }
+
   void commit() override {
     for (auto& [index, module] : adapter.modules) module->train(base.module->is_training());
     if (existing) {
