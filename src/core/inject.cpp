@@ -257,7 +257,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   for (const Candidate& target : targets) {
     std::optional<BaseLayer> base = describe_layer(*target.module);
     if (!base || !method->supports(base->kind)) {
-      throw UnsupportedLayerError(method->unsupported_layer_message(*target.module));
+      throw UnsupportedLayerError(method->unsupported_layer_message(*target.module, target.name));
     }
     AdapterLayer* existing = adapter_layer_of(*target.module);
     if (existing && existing->peft_type() != method->peft_type()) {

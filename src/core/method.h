@@ -68,8 +68,9 @@ class Method {
   /// The layer kinds the method adapts.
   const std::vector<LayerKind>& layer_kinds() const { return layer_kinds_; }
   bool supports(LayerKind kind) const;
-  /// Python PEFT's "Target module ... is not supported. Currently, only the following modules are supported".
-  std::string unsupported_layer_message(const torch::nn::Module& module) const;
+  /// Python PEFT's "Target module ... is not supported. Currently, only the following modules are supported",
+  /// plus the layer's name in the model.
+  std::string unsupported_layer_message(const torch::nn::Module& module, const std::string& module_name) const;
 
   // ---- adapter_config.json (the fields every config shares are handled by the caller)
   virtual std::shared_ptr<PeftConfig> new_config() const = 0;
