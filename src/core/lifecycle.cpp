@@ -8,6 +8,7 @@
 #include <iostream>
 #include <set>
 #include <sstream>
+#include <unordered_set>
 
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
@@ -286,7 +287,11 @@ void cast_adapter_dtype(ModuleRef model_ref, const std::string& adapter_name, c1
 ParameterCount trainable_parameters(ConstModuleRef model_ref) {
   const torch::nn::Module& model = model_ref.get();
   ParameterCount count;
+  // A tensor registered in several places (tied weights, adapter tensors shared by layers) counts once, as in
+  // Python, whose named_parameters() drops duplicates.
+  std::unordered_set<const c10::TensorImpl*> seen;
   for (const auto& p : model.parameters()) {
+    if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
     count.total += p.numel();
     if (p.requires_grad()) count.trainable += p.numel();
   }

@@ -376,6 +376,9 @@ TEST(TrainableTokensTied, HeadSharesOneDeltaAndMatchesPython) {
   ASSERT_TRUE(params.contains("embed_tokens.trainable_tokens_delta.default"));
   ASSERT_TRUE(params.contains("lm_head.trainable_tokens_delta.default"));
   EXPECT_TRUE(params["embed_tokens.trainable_tokens_delta.default"].is_same(params["lm_head.trainable_tokens_delta.default"]));
+  // Counted once, as Python counts it (its named_parameters() drops duplicates): 3 rows of the hidden size.
+  const int64_t hidden = params["embed_tokens.trainable_tokens_delta.default"].size(1);
+  EXPECT_EQ(peft::trainable_parameters(model).trainable, 3 * hidden);
 
   model->train();
   const at::Tensor output = model->forward(x);
