@@ -28,9 +28,25 @@ struct NetImpl : torch::nn::Module {
 };
 TORCH_MODULE(Net);
 
+// TrainableTokens trains rows of an embedding: a tiny language model whose lm_head is tied to (shares the
+// storage of) its embedding, so the trained tokens reach the output twice through one delta.
+struct TinyLMImpl : torch::nn::Module {
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+  TinyLMImpl() {
+    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(100, 32));
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(32, 100).bias(false)));
+    torch::NoGradGuard no_grad;
+    lm_head->weight.set_(embed_tokens->weight);
+  }
+  torch::Tensor forward(const torch::Tensor& ids) { return lm_head(embed_tokens(ids)).log_softmax(-1).sum(); }
+};
+TORCH_MODULE(TinyLM);
+
 struct Example {
   const char* title;
   std::function<std::shared_ptr<peft::PeftConfig>()> config;
+  bool merges = true;  // false: the method cannot be merged (as in Python), and says so with peft::MergeError
 };
 
 // Each config starts from a random (not a no-op) adapter where the method allows, so its effect shows.
@@ -51,7 +67,46 @@ std::vector<Example> examples() {
       {"C3A", [=] { return shared(peft::C3AConfig().block_size(16).target_modules({"lin0", "lin1"}).init_weights("gaussian")); }},
       {"MiSS", [=] { return shared(peft::MissConfig().r(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},
+      {"Lily", [=] { return shared(peft::LilyConfig().r(8).num_B(2).target_modules({"lin0", "lin1"}).init_weights(false)); }, false},
+      {"DeFT", [=] { return shared(peft::DeftConfig().r(8).alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
   };
+}
+
+// Prints one line per example; false when a step disagrees.
+bool report(const char* title, int64_t trainable, const torch::Tensor& base, const torch::Tensor& adapted,
+            const torch::Tensor& reloaded, const torch::Tensor& merged) {
+  const double effect = (adapted - base).abs().item<double>();
+  const double reload_diff = (reloaded - adapted).abs().item<double>();
+  const double merge_diff = (merged - adapted).abs().item<double>();
+  const bool ok = effect > 1e-4 && reload_diff < 1e-3 && merge_diff < 1e-2 * (1 + adapted.abs().item<double>());
+  std::cout << (ok ? "ok   " : "FAIL ") << title << ": " << trainable << " trainable parameters, output moved by "
+            << effect << ", reload diff " << reload_diff << ", merged diff " << merge_diff << "\n";
+  return ok;
+}
+
+// TrainableTokens on TinyLM: target_modules left unset picks "embed_tokens", and lm_head, which shares its
+// weight, uses the same delta.
+bool trainable_tokens_example(const std::filesystem::path& root) {
+  const auto ids = torch::randint(100, {4, 16});
+  torch::manual_seed(0);
+  TinyLM lm;
+  lm->eval();
+  const auto base = lm->forward(ids);
+  const auto config = peft::TrainableTokensConfig().token_indices({5, 17, 42}).init_weights(false);
+  peft::inject_adapter_in_model(config, lm);
+  const auto adapted = lm->forward(ids);
+
+  const auto dir = root / config.peft_type();
+  peft::save_adapter(*lm, dir.string());
+  torch::manual_seed(0);
+  TinyLM fresh;
+  fresh->eval();
+  peft::load_adapter(*fresh, dir.string());
+  const auto reloaded = fresh->forward(ids);
+  peft::merge_and_unload(*fresh);
+  const auto merged = fresh->forward(ids);
+  return report("TrainableTokens (tied lm_head)", peft::trainable_parameters(*lm).trainable, base, adapted, reloaded,
+                merged);
 }
 
 int main(int argc, char** argv) {
@@ -82,17 +137,23 @@ int main(int argc, char** argv) {
     peft::load_adapter(*fresh, dir.string());
     const auto reloaded = fresh->forward(x, image);
 
-    peft::merge_and_unload(*fresh);
+    bool merge_as_expected = true;
+    if (example.merges) {
+      peft::merge_and_unload(*fresh);
+    } else {
+      // Python cannot merge this method either: refused before anything changes, so the adapter still runs.
+      try {
+        peft::merge_and_unload(*fresh);
+        merge_as_expected = false;
+        std::cout << "FAIL " << example.title << ": merge_and_unload should have been refused\n";
+      } catch (const peft::MergeError&) {
+      }
+    }
     const auto merged = fresh->forward(x, image);
 
-    const double effect = (adapted - base).abs().item<double>();
-    const double reload_diff = (reloaded - adapted).abs().item<double>();
-    const double merge_diff = (merged - adapted).abs().item<double>();
-    const int64_t trainable = peft::trainable_parameters(*net).trainable;
-    const bool ok = effect > 1e-4 && reload_diff < 1e-3 && merge_diff < 1e-2 * (1 + adapted.abs().item<double>());
-    failures += ok ? 0 : 1;
-    std::cout << (ok ? "ok   " : "FAIL ") << example.title << ": " << trainable << " trainable parameters, output moved by "
-              << effect << ", reload diff " << reload_diff << ", merged diff " << merge_diff << "\n";
+    const bool ok = report(example.title, peft::trainable_parameters(*net).trainable, base, adapted, reloaded, merged);
+    failures += ok && merge_as_expected ? 0 : 1;
   }
+  failures += trainable_tokens_example(root) ? 0 : 1;
   return failures == 0 ? 0 : 1;
 }

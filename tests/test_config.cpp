@@ -9,7 +9,7 @@ namespace peft_test {
 namespace {
 
 std::string python_config(const std::string& case_name) {
-  std::ifstream in(vectors_dir() / case_name / "adapter_config.json");
+  std::ifstream in(case_dir(case_name) / "adapter_config.json");
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
@@ -85,7 +85,7 @@ TEST(LoraConfig, ValidationUsesPythonMessages) {
 TEST(ConfigFile, ReadsEveryLoraVectorWithoutWarnings) {
   for (const auto& name : cases_with_peft_type("LORA")) {
     WarningCapture warnings;
-    const auto config = peft::load_config((vectors_dir() / name / "adapter_config.json").string());
+    const auto config = peft::load_config((case_dir(name) / "adapter_config.json").string());
     EXPECT_TRUE(warnings.messages.empty()) << name << ": " << warnings.messages.front();
     ASSERT_EQ(config->peft_type(), "LORA");
     const auto& lora = dynamic_cast<const peft::LoraConfig&>(*config);
@@ -114,7 +114,7 @@ TEST(ConfigFile, FieldValuesAreRead) {
 TEST(ConfigFile, WritesWhatPythonWrites) {
   // Same keys and values as Python's file, apart from what names the writer.
   for (const auto& name : cases_with_peft_type("LORA")) {
-    const auto config = peft::load_config((vectors_dir() / name / "adapter_config.json").string());
+    const auto config = peft::load_config((case_dir(name) / "adapter_config.json").string());
     nlohmann::json ours = nlohmann::json::parse(config->to_json_string());
     nlohmann::json theirs = python_json(name);
     for (auto* j : {&ours, &theirs}) {

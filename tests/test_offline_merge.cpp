@@ -9,12 +9,10 @@ namespace {
 
 std::vector<std::string> merge_cases() {
   std::vector<std::string> out;
-  for (const auto& entry : std::filesystem::directory_iterator(vectors_dir())) {
-    if (!std::filesystem::exists(entry.path() / "merged_model.safetensors")) continue;
-    const std::string type = VectorCase::load(entry.path().filename().string()).json("adapter_config.json")["peft_type"];
-    if (supported(type)) out.push_back(entry.path().filename().string());
+  for (const auto& name : all_cases()) {
+    const VectorCase c = VectorCase::load(name);
+    if (c.has("merged_model.safetensors") && supported(c.json("adapter_config.json")["peft_type"])) out.push_back(name);
   }
-  std::sort(out.begin(), out.end());
   return out;
 }
 

@@ -156,6 +156,9 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   }
 
   if (!state_dict && !config->target_modules().is_set()) {
+    ConfigFields::set_target_modules(*config, method->default_target_modules());
+  }
+  if (!state_dict && !config->target_modules().is_set()) {
     throw ConfigError("Please specify `target_modules` or `target_parameters`in `peft_config`");
   }
   expand_all_linear(*config, model);
@@ -261,10 +264,10 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   std::set<LayerKind> routed_kinds;
   std::unordered_set<const torch::nn::Module*> adapted;
   std::vector<LayerRequest> requests;
-  for (const Candidate& target : targets) {
+  auto add_request = [&](const Candidate& target) {
     std::optional<BaseLayer> base = describe_layer(*target.module);
     if (!base || !method->supports(base->kind)) {
-      throw UnsupportedLayerError(method->unsupported_layer_message(*target.module));
+      throw UnsupportedLayerError(method->unsupported_layer_message(*target.module, target.name));
     }
     AdapterLayer* existing = adapter_layer_of(*target.module);
     if (existing && existing->peft_type() != method->peft_type()) {
@@ -275,6 +278,14 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     requests.push_back(LayerRequest{shared_config, adapter_name, target.name, *base, existing, low_cpu_mem_usage});
     if (needs_routing(*target.module, base->kind)) routed_kinds.insert(base->kind);
     adapted.insert(target.module);
+  };
+  for (const Candidate& target : targets) add_request(target);
+  // Layers tied to the targets (sharing their weight) come along where the method says so.
+  std::vector<std::pair<std::string, torch::nn::Module*>> named_modules;
+  for (const Candidate& c : modules) named_modules.emplace_back(c.name, c.module);
+  for (const std::string& name : builder->tied_layers(requests, named_modules)) {
+    auto it = std::find_if(modules.begin(), modules.end(), [&](const Candidate& c) { return c.name == name; });
+    if (it != modules.end() && !adapted.count(it->module)) add_request(*it);
   }
   // Methods whose layers share tensors (VeRA's projections, Lily's groups) size and create them here.
   builder->plan(requests);

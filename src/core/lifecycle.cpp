@@ -8,6 +8,7 @@
 #include <iostream>
 #include <set>
 #include <sstream>
+#include <unordered_set>
 
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
@@ -17,6 +18,7 @@
 #include "core/model_adapters.h"
 #include "core/sample_routing.h"
 #include "core/tensor_slots.h"
+#include "tuners/modules_to_save/layer.h"
 
 namespace peft {
 namespace {
@@ -39,7 +41,6 @@ void require_known(const torch::nn::Module& model, const std::vector<std::string
   }
 }
 
-bool is_modules_to_save(const detail::AdapterLayer& adapters) { return adapters.peft_type() == "MODULES_TO_SAVE"; }
 
 bool any_merged(const std::vector<AdaptedLayer>& layers) {
   return std::any_of(layers.begin(), layers.end(), [](const AdaptedLayer& l) { return !l.adapters->merged_adapters().empty(); });
@@ -94,7 +95,7 @@ void set_adapter(ModuleRef model_ref, const std::vector<std::string>& names, boo
   require_known(model, names);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   for (const AdaptedLayer& layer : layers) {
-    if (!is_modules_to_save(*layer.adapters)) continue;
+    if (!detail::is_modules_to_save(*layer.adapters)) continue;
     const auto with_copy = std::count_if(names.begin(), names.end(), [&](const auto& n) { return layer.adapters->has_adapter(n); });
     if (with_copy > 1) {
       throw ConfigError("Only one adapter can be set at a time for modules_to_save, got " + std::to_string(with_copy) +
@@ -286,7 +287,11 @@ void cast_adapter_dtype(ModuleRef model_ref, const std::string& adapter_name, c1
 ParameterCount trainable_parameters(ConstModuleRef model_ref) {
   const torch::nn::Module& model = model_ref.get();
   ParameterCount count;
+  // A tensor registered in several places (tied weights, adapter tensors shared by layers) counts once, as in
+  // Python, whose named_parameters() drops duplicates.
+  std::unordered_set<const c10::TensorImpl*> seen;
   for (const auto& p : model.parameters()) {
+    if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
     count.total += p.numel();
     if (p.requires_grad()) count.trainable += p.numel();
   }

@@ -46,14 +46,15 @@ bool Method::supports(LayerKind kind) const {
   return std::find(layer_kinds_.begin(), layer_kinds_.end(), kind) != layer_kinds_.end();
 }
 
-std::string Method::unsupported_layer_message(const torch::nn::Module& module) const {
+std::string Method::unsupported_layer_message(const torch::nn::Module& module, const std::string& module_name) const {
   std::string supported;
   for (size_t i = 0; i < layer_kinds_.size(); ++i) {
     if (i > 0) supported += layer_kinds_.size() == 2 ? " and " : i + 1 == layer_kinds_.size() ? ", and " : ", ";
     supported += layer_kind_label(layer_kinds_[i]);
   }
   return "Target module " + short_repr(module) +
-         " is not supported. Currently, only the following modules are supported: " + supported + ".";
+         " is not supported. Currently, only the following modules are supported: " + supported + ". (layer '" +
+         module_name + "': leave it out of `target_modules`, or use a method that adapts this layer type)";
 }
 
 void Method::unsupported(const std::string& name, const std::string& why, nlohmann::json python_default) {

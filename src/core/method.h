@@ -46,6 +46,13 @@ class AdapterBuilder {
   /// projections sized by the largest layer, Lily's groups), the builder sizes and creates them here. It
   /// must not change the model either.
   virtual void plan(const std::vector<LayerRequest>& requests) {}
+  /// Layers to adapt along with the targets although the config does not select them, by name: Python
+  /// PEFT's tied weights (TrainableTokens adapts a head that shares a targeted embedding's weight). `layers`
+  /// is every module of the model with its name. They are prepared like targets and seen by plan().
+  virtual std::vector<std::string> tied_layers(const std::vector<LayerRequest>& targets,
+                                               const std::vector<std::pair<std::string, torch::nn::Module*>>& layers) {
+    return {};
+  }
   /// The change that adds the adapter to one layer. Throws ConfigError for values that do not fit the layer
   /// (the layer kind itself was checked against Method::layer_kinds()).
   virtual std::unique_ptr<PendingChange> prepare(const LayerRequest& request) = 0;
@@ -68,8 +75,9 @@ class Method {
   /// The layer kinds the method adapts.
   const std::vector<LayerKind>& layer_kinds() const { return layer_kinds_; }
   bool supports(LayerKind kind) const;
-  /// Python PEFT's "Target module ... is not supported. Currently, only the following modules are supported".
-  std::string unsupported_layer_message(const torch::nn::Module& module) const;
+  /// Python PEFT's "Target module ... is not supported. Currently, only the following modules are supported",
+  /// plus the layer's name in the model.
+  std::string unsupported_layer_message(const torch::nn::Module& module, const std::string& module_name) const;
 
   // ---- adapter_config.json (the fields every config shares are handled by the caller)
   virtual std::shared_ptr<PeftConfig> new_config() const = 0;
@@ -85,6 +93,9 @@ class Method {
   std::string bias_mode(const PeftConfig& config) const;
 
   // ---- injection
+  /// Python's _prepare_adapter_config for a config that leaves target_modules unset (and no state dict names
+  /// the layers): the targets the method picks itself (TrainableTokens: "embed_tokens"); unset for most.
+  virtual TargetModules default_target_modules() const { return {}; }
   /// Starts one injection. `config` is the injection's own copy (targets expanded), which the builder may
   /// adjust as Python PEFT adjusts its config (e.g. fan_in_fan_out for the layer type found).
   virtual std::unique_ptr<AdapterBuilder> start_injection(PeftConfig& config) const = 0;

@@ -18,6 +18,7 @@
 #include "core/module_walk.h"
 #include "core/tensor_slots.h"
 #include "core/method.h"
+#include "tuners/modules_to_save/layer.h"
 
 namespace peft {
 namespace {
@@ -29,7 +30,6 @@ const std::string kPeftPrefix = "base_model.model.";
 
 std::string join(const std::string& module, const std::string& key) { return module.empty() ? key : module + "." + key; }
 
-bool is_modules_to_save(const detail::AdapterLayer& adapters) { return adapters.peft_type() == "MODULES_TO_SAVE"; }
 
 /// Where a checkpoint tensor goes.
 struct Slot {
@@ -52,7 +52,7 @@ std::vector<std::pair<std::string, Slot>> adapter_slots(const std::vector<Adapte
                                                          const std::string& adapter, bool copies) {
   std::vector<std::pair<std::string, Slot>> out;
   for (const AdaptedLayer& layer : layers) {
-    if (is_modules_to_save(*layer.adapters) != copies) continue;
+    if (detail::is_modules_to_save(*layer.adapters) != copies) continue;
     for (const AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter)) {
       out.emplace_back(join(layer.name, t.key),
                        Slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true});
@@ -67,7 +67,7 @@ std::unordered_map<std::string, Slot> base_slots(const torch::nn::Module& model)
   detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module& m) {
     auto* module = const_cast<torch::nn::Module*>(&m);
     detail::AdapterLayer* adapters = detail::adapter_layer_of(m);
-    const char* wrapper = !adapters ? nullptr : is_modules_to_save(*adapters) ? "original_module" : "base_layer";
+    const char* wrapper = !adapters ? nullptr : detail::is_modules_to_save(*adapters) ? "original_module" : "base_layer";
     auto add = [&](const std::string& key, bool buffer) {
       Slot slot{module, key, buffer, join(name, key), module, false};
       out.emplace(join(name, key), slot);
@@ -105,7 +105,7 @@ StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string&
   if (bias != "none") {
     detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module& m) {
       detail::AdapterLayer* adapters = detail::adapter_layer_of(m);
-      if (adapters && is_modules_to_save(*adapters)) return;  // saved through its copy
+      if (adapters && detail::is_modules_to_save(*adapters)) return;  // saved through its copy
       const bool adapted_by_method = adapters && config->peft_type() == adapters->peft_type();
       if (bias != "all" && !adapted_by_method) return;
       const at::Tensor* b = detail::parameters_of(m).find("bias");

@@ -12,13 +12,39 @@ std::filesystem::path vectors_dir() {
   return PEFT_VECTORS_DIR;
 }
 
+std::filesystem::path cases_dir() {
+  if (const char* env = std::getenv("PEFT_CASES_DIR")) return env;
+  return PEFT_CASES_DIR;
+}
+
+namespace {
+std::vector<std::filesystem::path> case_roots() { return {vectors_dir(), cases_dir()}; }
+}  // namespace
+
+std::filesystem::path case_dir(const std::string& name) {
+  for (const auto& root : case_roots()) {
+    if (std::filesystem::exists(root / name / "model.json")) return root / name;
+  }
+  throw std::runtime_error("reference case missing: " + name + " (in " + vectors_dir().string() + " or " +
+                           cases_dir().string() + ")");
+}
+
+std::vector<std::string> all_cases() {
+  std::vector<std::string> out;
+  for (const auto& root : case_roots()) {
+    if (!std::filesystem::is_directory(root)) continue;
+    for (const auto& entry : std::filesystem::directory_iterator(root)) {
+      if (std::filesystem::exists(entry.path() / "model.json")) out.push_back(entry.path().filename().string());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 VectorCase VectorCase::load(const std::string& name) {
   VectorCase c;
   c.name = name;
-  c.dir = vectors_dir() / name;
-  if (!std::filesystem::exists(c.dir / "model.json")) {
-    throw std::runtime_error("vector case missing: " + c.dir.string());
-  }
+  c.dir = case_dir(name);
   c.model = c.json("model.json");
   c.meta = c.json("meta.json");
   return c;
@@ -48,13 +74,10 @@ bool supported(const std::string& peft_type) {
 
 std::vector<std::string> cases_with_peft_type(const std::string& peft_type) {
   std::vector<std::string> out;
-  for (const auto& entry : std::filesystem::directory_iterator(vectors_dir())) {
-    const auto config = entry.path() / "adapter_config.json";
-    if (!std::filesystem::exists(config)) continue;
-    std::ifstream in(config);
-    if (nlohmann::json::parse(in).value("peft_type", "") == peft_type) out.push_back(entry.path().filename().string());
+  for (const auto& name : all_cases()) {
+    std::ifstream in(case_dir(name) / "adapter_config.json");
+    if (in && nlohmann::json::parse(in).value("peft_type", "") == peft_type) out.push_back(name);
   }
-  std::sort(out.begin(), out.end());
   return out;
 }
 

@@ -1,6 +1,8 @@
 #pragma once
 
-// Access to tests/data/vectors: reference files written by Python PEFT (see its INDEX.md).
+// Access to the reference cases written by Python PEFT: tests/data/vectors (the workplace's shared set, see its
+// INDEX.md) and tests/data/cases (cases this project generated the same way, see its README.md). Both hold case
+// directories in the same format; case names are unique across the two.
 
 #include <filesystem>
 #include <string>
@@ -14,6 +16,11 @@
 namespace peft_test {
 
 std::filesystem::path vectors_dir();
+std::filesystem::path cases_dir();
+/// The directory of a case, in either root.
+std::filesystem::path case_dir(const std::string& name);
+/// Every case (a directory with a model.json) of both roots, sorted.
+std::vector<std::string> all_cases();
 
 struct VectorCase {
   std::string name;
@@ -32,7 +39,7 @@ struct VectorCase {
 /// Whether peft-cpp has this adapter method (peft::supported_peft_types()).
 bool supported(const std::string& peft_type);
 
-/// Names of the case directories whose adapter_config.json has this peft_type.
+/// Names of the case directories (in either root) whose adapter_config.json has this peft_type.
 std::vector<std::string> cases_with_peft_type(const std::string& peft_type);
 
 /// Largest absolute difference (shapes must agree).

@@ -11,6 +11,9 @@
 
 namespace peft::detail {
 
+/// Whether a layer's adapters are modules_to_save copies rather than an adapter method's.
+inline bool is_modules_to_save(const AdapterLayer& adapters) { return adapters.peft_type() == "MODULES_TO_SAVE"; }
+
 class ModulesToSaveLayer final : public AdapterLayer {
  public:
   ModulesToSaveLayer(const BaseLayer& base, std::string module_name);
