@@ -182,7 +182,7 @@ std::vector<AdapterTensor> AdapterLayer::adapter_tensors(const torch::nn::Module
       out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, false});
       continue;
     }
-    // A buffer dict does the same with a buffer: saved and loaded, never trained (SHiRA's integer indices).
+    // A BufferDict: the same, as a buffer.
     if (buffers_of(dict).contains(adapter)) {
       out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, true});
       continue;
@@ -214,6 +214,46 @@ void ParameterDictImpl::pretty_print(std::ostream& stream) const {
   bool first = true;
   for (const auto& item : parameters_) {
     stream << (first ? "" : ", ") << "(" << item.key() << "): Parameter containing: [" << item.value().scalar_type()
+           << " of size " << item.value().sizes() << "]";
+    first = false;
+  }
+  stream << ")";
+}
+
+void BufferDictImpl::set(const std::string& key, const at::Tensor& tensor) {
+  if (at::Tensor* slot = buffers_of(*this).find(key)) {
+    *slot = tensor;
+    return;
+  }
+  register_buffer(key, tensor);
+}
+
+void BufferDictImpl::to(torch::Dtype dtype, bool non_blocking) {
+  for (auto& item : buffers_of(*this)) {
+    at::Tensor& buffer = item.value();
+    if (buffer.is_floating_point()) buffer.set_data(buffer.to(dtype, non_blocking));
+  }
+}
+
+void BufferDictImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  for (auto& item : buffers_of(*this)) {
+    at::Tensor& buffer = item.value();
+    buffer.set_data(buffer.to(device, buffer.is_floating_point() ? dtype : buffer.scalar_type(), non_blocking));
+  }
+}
+
+void BufferDictImpl::erase(const std::string& key) {
+  TensorMap& buffers = buffers_of(*this);
+  if (buffers.contains(key)) buffers.erase(key);
+}
+
+const at::Tensor* BufferDictImpl::find(const std::string& key) const { return buffers_of(*this).find(key); }
+
+void BufferDictImpl::pretty_print(std::ostream& stream) const {
+  stream << "BufferDict(";
+  bool first = true;
+  for (const auto& item : buffers_of(*this)) {
+    stream << (first ? "" : ", ") << "(" << item.key() << "): Buffer containing: [" << item.value().scalar_type()
            << " of size " << item.value().sizes() << "]";
     first = false;
   }

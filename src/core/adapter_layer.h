@@ -187,6 +187,25 @@ class ParameterDictImpl : public torch::nn::ParameterDictImpl {
   void pretty_print(std::ostream& stream) const override;
 };
 
+/// Python PEFT's BufferDict: a buffer per adapter name, for adapter tensors that are state, not trained (VeRA's
+/// projections vera_A / vera_B, TrainableTokens' original rows). Printed on one line like ParameterDictImpl.
+class BufferDictImpl : public torch::nn::Module {
+ public:
+  BufferDictImpl() : torch::nn::Module("BufferDict") {}
+  /// Registers `tensor` under `key`, or replaces the one there.
+  void set(const std::string& key, const at::Tensor& tensor);
+  /// Removes `key` if present.
+  void erase(const std::string& key);
+  /// The tensor under `key`, or nullptr.
+  const at::Tensor* find(const std::string& key) const;
+  void pretty_print(std::ostream& stream) const override;
+  /// A dtype change casts the floating-point buffers only, as PyTorch's Module.to does (LibTorch's casts every
+  /// buffer): integer ones, such as SHiRA's shira_indices, keep their values.
+  using torch::nn::Module::to;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+};
+
 /// A Python-named container that is also the anchor. It prints and behaves exactly like `Dict`.
 template <class Dict>
 class AnchoredImpl : public Dict, public AdapterAnchor {
@@ -195,6 +214,7 @@ class AnchoredImpl : public Dict, public AdapterAnchor {
 };
 using AnchoredModuleDictImpl = AnchoredImpl<torch::nn::ModuleDictImpl>;
 using AnchoredParameterDictImpl = AnchoredImpl<ParameterDictImpl>;
+using AnchoredBufferDictImpl = AnchoredImpl<BufferDictImpl>;
 
 AdapterLayer* adapter_layer_among(const ChildMap& children);
 

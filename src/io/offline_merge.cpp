@@ -126,7 +126,9 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
     if (module.empty()) continue;
     const std::string rest = key.substr(module.size() + 1);
     containers[module].insert(rest.substr(0, rest.find('.')));
-    per_module[module].insert(key, item.value().to(at::kFloat));
+    // Weights are merged in float32; integer tensors (SHiRA's shira_indices) keep their dtype.
+    const at::Tensor& tensor = item.value();
+    per_module[module].insert(key, tensor.is_floating_point() ? tensor.to(at::kFloat) : tensor);
   }
 
   auto root = std::make_shared<torch::nn::Module>();

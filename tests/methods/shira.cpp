@@ -52,7 +52,8 @@ const at::Tensor& input() {
   return x;
 }
 
-const at::Tensor& indices_of(const OneLinear& model) {
+// By value: the state dict it comes from is a temporary.
+at::Tensor indices_of(const OneLinear& model) {
   return *peft::get_peft_model_state_dict(*model).find("lin.shira_indices");
 }
 

@@ -6,39 +6,6 @@
 #include <peft/error.h>
 
 namespace peft::detail {
-namespace {
-
-// Python PEFT's BufferDict: one buffer per adapter. Unlike LibTorch's Module::to, a dtype change leaves
-// integer buffers as they are, as PyTorch's Module.to does (index tensors must stay integers).
-class BufferDictImpl final : public torch::nn::Module {
- public:
-  BufferDictImpl() : torch::nn::Module("BufferDict") {}
-  using torch::nn::Module::to;
-  void to(torch::Dtype dtype, bool non_blocking) override {
-    for (auto& item : buffers_of(*this)) {
-      at::Tensor& buffer = item.value();
-      if (buffer.is_floating_point()) buffer.set_data(buffer.to(dtype, non_blocking));
-    }
-  }
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking) override {
-    for (auto& item : buffers_of(*this)) {
-      at::Tensor& buffer = item.value();
-      buffer.set_data(buffer.to(device, buffer.is_floating_point() ? dtype : buffer.scalar_type(), non_blocking));
-    }
-  }
-  void pretty_print(std::ostream& stream) const override {
-    stream << "peft::BufferDict(";
-    bool first = true;
-    for (const auto& item : buffers_of(*this)) {
-      stream << (first ? "" : ", ") << "(" << item.key() << "): Buffer containing: [" << item.value().scalar_type()
-             << " of size " << item.value().sizes() << "]";
-      first = false;
-    }
-    stream << ")";
-  }
-};
-
-}  // namespace
 
 DictAdapterLayer::DictAdapterLayer(const LayerRequest& request, const Method& method, std::vector<Container> containers)
     : AdapterLayer(request.base, request.module_name), method_(method), containers_(std::move(containers)) {}
@@ -49,18 +16,15 @@ std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdap
   for (size_t i = 0; i < layer->containers_.size(); ++i) {
     const Container& c = layer->containers_[i];
     std::shared_ptr<torch::nn::Module> dict;
-    TORCH_INTERNAL_ASSERT(i > 0 || !c.holds_buffers, "the anchor container cannot hold buffers");
     if (i == 0) {
       // The anchor owns the layer; the layer keeps raw pointers to its containers (they live as long as it).
-      if (c.holds_modules) {
-        auto anchor = std::make_shared<AnchoredModuleDictImpl>();
+      auto anchored = [&](auto anchor) {
         anchor->adapters = layer;
-        dict = anchor;
-      } else {
-        auto anchor = std::make_shared<AnchoredParameterDictImpl>();
-        anchor->adapters = layer;
-        dict = anchor;
-      }
+        return std::shared_ptr<torch::nn::Module>(std::move(anchor));
+      };
+      dict = c.holds_modules   ? anchored(std::make_shared<AnchoredModuleDictImpl>())
+             : c.holds_buffers ? anchored(std::make_shared<AnchoredBufferDictImpl>())
+                               : anchored(std::make_shared<AnchoredParameterDictImpl>());
     } else if (c.holds_modules) {
       dict = std::make_shared<torch::nn::ModuleDictImpl>();
     } else if (c.holds_buffers) {
@@ -92,7 +56,7 @@ void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig>
   const std::string name = adapter.record->name;
   for (auto& [index, tensor] : adapter.tensors) {
     if (containers_[index].holds_buffers) {
-      dicts_[index]->register_buffer(name, tensor);
+      dynamic_cast<BufferDictImpl&>(*dicts_[index]).set(name, tensor);
     } else {
       dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
     }
@@ -108,7 +72,7 @@ void DictAdapterLayer::remove_adapter(torch::nn::Module&, const std::string& nam
     if (containers_[i].holds_modules) {
       erase_from(dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[i]), name);
     } else if (containers_[i].holds_buffers) {
-      if (buffers_of(*dicts_[i]).contains(name)) buffers_of(*dicts_[i]).erase(name);
+      dynamic_cast<BufferDictImpl&>(*dicts_[i]).erase(name);
     } else {
       auto& dict = dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[i]);
       if (dict.contains(name)) dict.pop(name);

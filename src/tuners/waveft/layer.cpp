@@ -97,6 +97,15 @@ class WaveFTBuilder final : public BuilderOf<WaveFTConfig> {
       for (const auto& [family, reduction] : wavelet_reductions()) {
         if (family == config.wavelet_family()) reduction_ = reduction;
       }
+      // The padding only makes up for a filter of reduction + 2 taps. Python's coif5 has 48 where its reduction
+      // assumes 30: its reconstruction comes out smaller than the layer and its forward fails.
+      const int64_t taps = static_cast<int64_t>(filters_->lo.size());
+      if (taps != reduction_ + 2) {
+        throw ConfigError("wavelet_family '" + config.wavelet_family() + "' cannot be used with use_idwt: Python PEFT's "
+                          "filter for it has " + std::to_string(taps) + " coefficients where its reduction (" +
+                          std::to_string(reduction_) + ") assumes " + std::to_string(reduction_ + 2) +
+                          ", so the reconstructed update would be smaller than the layer (use_idwt=false works)");
+      }
     }
   }
 

@@ -23,7 +23,8 @@ class PEFT_API WaveFTConfig : public MethodConfig<WaveFTConfig> {
   TORCH_ARG(double, scaling) = 25.0;
   /// The wavelet: the config accepts Python's families db1-db38, sym2-sym20, coif1-coif17; the transform
   /// needs filter coefficients, which Python (and peft-cpp) have for db1-db10, sym2-sym10 and coif1-coif5
-  /// only: with use_idwt, the others are refused when injecting (Python fails in its forward).
+  /// only, and Python's coif5 filter is longer than its padding allows: with use_idwt, the others and coif5
+  /// are refused when injecting (Python fails in its forward).
   TORCH_ARG(std::string, wavelet_family) = "db1";
   /// true: the update is the inverse wavelet transform of the coefficients; false: the coefficients are
   /// the update's entries (faster).
