@@ -63,6 +63,8 @@ std::vector<Example> examples() {
       {"FourierFT", [=] { return shared(peft::FourierFTConfig().n_frequency(100).scaling(100.0).target_modules({"lin0", "lin1"})); }},
       {"C3A", [=] { return shared(peft::C3AConfig().block_size(16).target_modules({"lin0", "lin1"}).init_weights("gaussian")); }},
       {"MiSS", [=] { return shared(peft::MissConfig().r(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"VeRA", [=] { return shared(peft::VeraConfig().r(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"VB-LoRA", [=] { return shared(peft::VBLoRAConfig().r(4).num_vectors(32).vector_length(16).init_vector_bank_bound(0.5).target_modules({"lin0", "lin1"})); }},
       {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},
   };
 }

@@ -5,6 +5,7 @@
 // layers its keys name.
 
 #include <filesystem>
+#include <set>
 
 #include "support/layers.h"
 #include "support/method_variants.h"
@@ -117,19 +118,32 @@ TEST_P(MethodVariants, TrainingReachesEveryAdapterTensorAndNoBaseTensor) {
   model->train();
   run(v, *model).pow(2).sum().backward();
   const peft::StateDict adapter = peft::get_peft_model_state_dict(*model);
-  int64_t trained = 0;
+  // By tensor, not by name: a tensor an adapter shares between its layers (VB-LoRA's vector bank) has a name in
+  // each of them and one checkpoint key.
+  std::set<const c10::TensorImpl*> trained, saved_trained;
   for (const auto& param : model->named_parameters()) {
     const at::Tensor& p = param.value();
     if (!p.requires_grad()) {
       EXPECT_FALSE(p.grad().defined()) << param.key();
       continue;
     }
-    ++trained;
+    trained.insert(p.unsafeGetTensorImpl());
     ASSERT_TRUE(p.grad().defined()) << param.key() << " requires grad but got none";
     EXPECT_TRUE(torch::isfinite(p.grad()).all().item<bool>()) << param.key();
     EXPECT_GT(p.grad().abs().max().item<double>(), 0.0) << param.key();
   }
-  EXPECT_EQ(trained, static_cast<int64_t>(adapter.size())) << "trainable tensors vs. the adapter's state dict";
+  // The adapter saves exactly the trained tensors, and besides them only frozen adapter buffers (VeRA's
+  // projections).
+  std::set<const c10::TensorImpl*> buffers;
+  for (const auto& buffer : model->named_buffers()) buffers.insert(buffer.value().unsafeGetTensorImpl());
+  for (const auto& item : adapter) {
+    if (item.value().requires_grad()) {
+      saved_trained.insert(item.value().unsafeGetTensorImpl());
+    } else {
+      EXPECT_TRUE(buffers.count(item.value().unsafeGetTensorImpl())) << item.key() << " is saved but neither trained nor a buffer";
+    }
+  }
+  EXPECT_EQ(trained, saved_trained) << "trainable tensors vs. the adapter's state dict";
 }
 
 TEST_P(MethodVariants, SaveAndLoadRoundTrip) {

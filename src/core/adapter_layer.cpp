@@ -182,6 +182,11 @@ std::vector<AdapterTensor> AdapterLayer::adapter_tensors(const torch::nn::Module
       out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, false});
       continue;
     }
+    // A BufferDict: the same, as a buffer.
+    if (buffers_of(dict).contains(adapter)) {
+      out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, true});
+      continue;
+    }
     // A ModuleDict holds a module per adapter; take every tensor of that module's subtree.
     const auto* entry = children_of(dict).find(adapter);
     if (!entry) continue;
@@ -209,6 +214,22 @@ void ParameterDictImpl::pretty_print(std::ostream& stream) const {
   bool first = true;
   for (const auto& item : parameters_) {
     stream << (first ? "" : ", ") << "(" << item.key() << "): Parameter containing: [" << item.value().scalar_type()
+           << " of size " << item.value().sizes() << "]";
+    first = false;
+  }
+  stream << ")";
+}
+
+void BufferDictImpl::erase(const std::string& key) {
+  TensorMap& buffers = buffers_of(*this);
+  if (buffers.contains(key)) buffers.erase(key);
+}
+
+void BufferDictImpl::pretty_print(std::ostream& stream) const {
+  stream << "peft::BufferDict(";
+  bool first = true;
+  for (const auto& item : buffers_of(*this)) {
+    stream << (first ? "" : ", ") << "(" << item.key() << "): Buffer containing: [" << item.value().scalar_type()
            << " of size " << item.value().sizes() << "]";
     first = false;
   }

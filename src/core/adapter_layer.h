@@ -184,6 +184,17 @@ class ParameterDictImpl : public torch::nn::ParameterDictImpl {
   void pretty_print(std::ostream& stream) const override;
 };
 
+/// Python PEFT's BufferDict: a buffer per adapter name, for adapter tensors that are not trained (VeRA's
+/// projections vera_A / vera_B). Printed on one line like ParameterDictImpl.
+class BufferDictImpl : public torch::nn::Module {
+ public:
+  BufferDictImpl() : torch::nn::Module("BufferDict") {}
+  void insert(const std::string& key, at::Tensor tensor) { register_buffer(key, std::move(tensor)); }
+  /// Removes `key` if present.
+  void erase(const std::string& key);
+  void pretty_print(std::ostream& stream) const override;
+};
+
 /// A Python-named container that is also the anchor. It prints and behaves exactly like `Dict`.
 template <class Dict>
 class AnchoredImpl : public Dict, public AdapterAnchor {
@@ -192,6 +203,7 @@ class AnchoredImpl : public Dict, public AdapterAnchor {
 };
 using AnchoredModuleDictImpl = AnchoredImpl<torch::nn::ModuleDictImpl>;
 using AnchoredParameterDictImpl = AnchoredImpl<ParameterDictImpl>;
+using AnchoredBufferDictImpl = AnchoredImpl<BufferDictImpl>;
 
 AdapterLayer* adapter_layer_among(const ChildMap& children);
 

@@ -18,17 +18,17 @@ std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> DictAdap
     std::shared_ptr<torch::nn::Module> dict;
     if (i == 0) {
       // The anchor owns the layer; the layer keeps raw pointers to its containers (they live as long as it).
-      if (c.holds_modules) {
-        auto anchor = std::make_shared<AnchoredModuleDictImpl>();
+      auto anchored = [&](auto anchor) {
         anchor->adapters = layer;
-        dict = anchor;
-      } else {
-        auto anchor = std::make_shared<AnchoredParameterDictImpl>();
-        anchor->adapters = layer;
-        dict = anchor;
-      }
+        return std::shared_ptr<torch::nn::Module>(std::move(anchor));
+      };
+      dict = c.holds_modules   ? anchored(std::make_shared<AnchoredModuleDictImpl>())
+             : c.holds_buffers ? anchored(std::make_shared<AnchoredBufferDictImpl>())
+                               : anchored(std::make_shared<AnchoredParameterDictImpl>());
     } else if (c.holds_modules) {
       dict = std::make_shared<torch::nn::ModuleDictImpl>();
+    } else if (c.holds_buffers) {
+      dict = std::make_shared<BufferDictImpl>();
     } else {
       dict = std::make_shared<ParameterDictImpl>();
     }
@@ -55,7 +55,11 @@ std::vector<std::string> DictAdapterLayer::checkpoint_container_names() const {
 void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig> config) {
   const std::string name = adapter.record->name;
   for (auto& [index, tensor] : adapter.tensors) {
-    dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
+    if (containers_[index].holds_buffers) {
+      dynamic_cast<BufferDictImpl&>(*dicts_[index]).insert(name, tensor);
+    } else {
+      dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
+    }
   }
   for (auto& [index, module] : adapter.modules) {
     dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[index]).update({{name, module}});
@@ -67,6 +71,8 @@ void DictAdapterLayer::remove_adapter(torch::nn::Module&, const std::string& nam
   for (size_t i = 0; i < containers_.size(); ++i) {
     if (containers_[i].holds_modules) {
       erase_from(dynamic_cast<torch::nn::ModuleDictImpl&>(*dicts_[i]), name);
+    } else if (containers_[i].holds_buffers) {
+      dynamic_cast<BufferDictImpl&>(*dicts_[i]).erase(name);
     } else {
       auto& dict = dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[i]);
       if (dict.contains(name)) dict.pop(name);
@@ -81,14 +87,16 @@ const at::Tensor& DictAdapterLayer::param(size_t index, const std::string& adapt
     TORCH_INTERNAL_ASSERT(module, "adapter '", adapter, "' has no module in ", containers_[index].name);
     return *parameters_of(**module).find("weight");
   }
-  const at::Tensor* tensor = parameters_of(*dicts_[index]).find(adapter);
+  const TensorMap& tensors = containers_[index].holds_buffers ? buffers_of(*dicts_[index]) : parameters_of(*dicts_[index]);
+  const at::Tensor* tensor = tensors.find(adapter);
   TORCH_INTERNAL_ASSERT(tensor, "adapter '", adapter, "' has no tensor in ", containers_[index].name);
   return *tensor;
 }
 
 bool DictAdapterLayer::has_param(size_t index, const std::string& adapter) const {
-  return containers_[index].holds_modules ? children_of(*dicts_[index]).contains(adapter)
-                                          : parameters_of(*dicts_[index]).contains(adapter);
+  if (containers_[index].holds_modules) return children_of(*dicts_[index]).contains(adapter);
+  if (containers_[index].holds_buffers) return buffers_of(*dicts_[index]).contains(adapter);
+  return parameters_of(*dicts_[index]).contains(adapter);
 }
 
 std::shared_ptr<torch::nn::Module> DictAdapterLayer::module(size_t index, const std::string& adapter) const {

@@ -23,6 +23,7 @@ class DictAdapterLayer : public AdapterLayer {
     std::string name;
     bool holds_modules = false;  // ModuleDict (one module per adapter) instead of ParameterDict
     bool in_checkpoint = true;   // false: bookkeeping the checkpoint leaves out (AdaLoRA's ranknum)
+    bool holds_buffers = false;  // BufferDict: tensors that are not trained (VeRA's projections)
   };
 
   /// An adapter prepared for commit: its record, and its tensors / modules by container index.
@@ -53,7 +54,8 @@ class DictAdapterLayer : public AdapterLayer {
                                                bool safe_merge) override;
   void unmerge(torch::nn::Module& base) override;
 
-  /// The tensor an adapter keeps in container `index` (for a ModuleDict: that module's "weight").
+  /// The tensor an adapter keeps in container `index` (for a ModuleDict: that module's "weight"). A shared
+  /// container (Method::SharedContainer) holds the same tensor in every layer of the adapter.
   const at::Tensor& param(size_t index, const std::string& adapter) const;
   bool has_param(size_t index, const std::string& adapter) const;
   std::shared_ptr<torch::nn::Module> module(size_t index, const std::string& adapter) const;
