@@ -220,13 +220,23 @@ void ParameterDictImpl::pretty_print(std::ostream& stream) const {
   stream << ")";
 }
 
+void BufferDictImpl::set(const std::string& key, const at::Tensor& tensor) {
+  if (at::Tensor* slot = buffers_of(*this).find(key)) {
+    *slot = tensor;
+    return;
+  }
+  register_buffer(key, tensor);
+}
+
 void BufferDictImpl::erase(const std::string& key) {
   TensorMap& buffers = buffers_of(*this);
   if (buffers.contains(key)) buffers.erase(key);
 }
 
+const at::Tensor* BufferDictImpl::find(const std::string& key) const { return buffers_of(*this).find(key); }
+
 void BufferDictImpl::pretty_print(std::ostream& stream) const {
-  stream << "peft::BufferDict(";
+  stream << "BufferDict(";
   bool first = true;
   for (const auto& item : buffers_of(*this)) {
     stream << (first ? "" : ", ") << "(" << item.key() << "): Buffer containing: [" << item.value().scalar_type()

@@ -184,14 +184,17 @@ class ParameterDictImpl : public torch::nn::ParameterDictImpl {
   void pretty_print(std::ostream& stream) const override;
 };
 
-/// Python PEFT's BufferDict: a buffer per adapter name, for adapter tensors that are not trained (VeRA's
-/// projections vera_A / vera_B). Printed on one line like ParameterDictImpl.
+/// Python PEFT's BufferDict: a buffer per adapter name, for adapter tensors that are state, not trained (VeRA's
+/// projections vera_A / vera_B, TrainableTokens' original rows). Printed on one line like ParameterDictImpl.
 class BufferDictImpl : public torch::nn::Module {
  public:
   BufferDictImpl() : torch::nn::Module("BufferDict") {}
-  void insert(const std::string& key, at::Tensor tensor) { register_buffer(key, std::move(tensor)); }
+  /// Registers `tensor` under `key`, or replaces the one there.
+  void set(const std::string& key, const at::Tensor& tensor);
   /// Removes `key` if present.
   void erase(const std::string& key);
+  /// The tensor under `key`, or nullptr.
+  const at::Tensor* find(const std::string& key) const;
   void pretty_print(std::ostream& stream) const override;
 };
 

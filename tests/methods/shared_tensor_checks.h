@@ -2,6 +2,8 @@
 
 // Helpers of tests/methods/vera.cpp and vblora.cpp, the methods whose adapters share a tensor between layers.
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 

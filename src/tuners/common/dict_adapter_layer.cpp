@@ -56,7 +56,7 @@ void DictAdapterLayer::add(NewAdapter adapter, std::shared_ptr<const PeftConfig>
   const std::string name = adapter.record->name;
   for (auto& [index, tensor] : adapter.tensors) {
     if (containers_[index].holds_buffers) {
-      dynamic_cast<BufferDictImpl&>(*dicts_[index]).insert(name, tensor);
+      dynamic_cast<BufferDictImpl&>(*dicts_[index]).set(name, tensor);
     } else {
       dynamic_cast<torch::nn::ParameterDictImpl&>(*dicts_[index]).insert(name, tensor);
     }

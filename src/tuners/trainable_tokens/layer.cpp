@@ -51,31 +51,6 @@ std::string overlap_message(const std::string& adapter) {
 
 }  // namespace
 
-void BufferDictImpl::set(const std::string& key, const at::Tensor& tensor) {
-  if (at::Tensor* slot = buffers_of(*this).find(key)) {
-    *slot = tensor;
-    return;
-  }
-  register_buffer(key, tensor);
-}
-
-void BufferDictImpl::erase(const std::string& key) {
-  if (buffers_of(*this).contains(key)) buffers_of(*this).erase(key);
-}
-
-const at::Tensor* BufferDictImpl::find(const std::string& key) const { return buffers_of(*this).find(key); }
-
-void BufferDictImpl::pretty_print(std::ostream& stream) const {
-  stream << "BufferDict(";
-  bool first = true;
-  for (const auto& item : buffers_of(*this)) {
-    stream << (first ? "" : ", ") << "(" << item.key() << "): Buffer containing: [" << item.value().scalar_type()
-           << " of size " << item.value().sizes() << "]";
-    first = false;
-  }
-  stream << ")";
-}
-
 at::Tensor used_weight(const BaseLayer& base) {
   if (const auto* linear = dynamic_cast<const torch::nn::LinearImpl*>(base.module)) return linear->weight;
   if (const auto* embedding = dynamic_cast<const torch::nn::EmbeddingImpl*>(base.module)) return embedding->weight;

@@ -25,15 +25,6 @@
 
 namespace peft::detail::trainable_tokens {
 
-/// Python PEFT's BufferDict: per-adapter tensors that are state, not trained.
-class BufferDictImpl : public torch::nn::Module {
- public:
-  void set(const std::string& key, const at::Tensor& tensor);
-  void erase(const std::string& key);
-  const at::Tensor* find(const std::string& key) const;
-  void pretty_print(std::ostream& stream) const override;
-};
-
 /// Where a layer's deltas live: its own container, or (tied) the container of the layer it shares its weight
 /// with, which then creates, trains and merges them.
 struct DeltaHome {
