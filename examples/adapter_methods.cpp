@@ -46,6 +46,7 @@ TORCH_MODULE(TinyLM);
 struct Example {
   const char* title;
   std::function<std::shared_ptr<peft::PeftConfig>()> config;
+  bool merges = true;  // false: the method cannot be merged (as in Python), and says so with peft::MergeError
 };
 
 // Each config starts from a random (not a no-op) adapter where the method allows, so its effect shows.
@@ -66,6 +67,8 @@ std::vector<Example> examples() {
       {"VeRA", [=] { return shared(peft::VeraConfig().r(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"VB-LoRA", [=] { return shared(peft::VBLoRAConfig().r(4).num_vectors(32).vector_length(16).init_vector_bank_bound(0.5).target_modules({"lin0", "lin1"})); }},
       {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},
+      {"Lily", [=] { return shared(peft::LilyConfig().r(8).num_B(2).target_modules({"lin0", "lin1"}).init_weights(false)); }, false},
+      {"DeFT", [=] { return shared(peft::DeftConfig().r(8).alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
   };
 }
 
@@ -134,10 +137,22 @@ int main(int argc, char** argv) {
     peft::load_adapter(*fresh, dir.string());
     const auto reloaded = fresh->forward(x, image);
 
-    peft::merge_and_unload(*fresh);
+    bool merge_as_expected = true;
+    if (example.merges) {
+      peft::merge_and_unload(*fresh);
+    } else {
+      // Python cannot merge this method either: refused before anything changes, so the adapter still runs.
+      try {
+        peft::merge_and_unload(*fresh);
+        merge_as_expected = false;
+        std::cout << "FAIL " << example.title << ": merge_and_unload should have been refused\n";
+      } catch (const peft::MergeError&) {
+      }
+    }
     const auto merged = fresh->forward(x, image);
 
-    failures += report(example.title, peft::trainable_parameters(*net).trainable, base, adapted, reloaded, merged) ? 0 : 1;
+    const bool ok = report(example.title, peft::trainable_parameters(*net).trainable, base, adapted, reloaded, merged);
+    failures += ok && merge_as_expected ? 0 : 1;
   }
   failures += trainable_tokens_example(root) ? 0 : 1;
   return failures == 0 ? 0 : 1;

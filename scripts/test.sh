@@ -13,22 +13,25 @@ jobs=$(nproc)
 
 build=${BUILD_DIR:-build/test}
 rm -rf "$build"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPEFT_UNITY_BUILD=ON
 cmake --build "$build" -j"$jobs"
 ctest --test-dir "$build" --output-on-failure -j"$jobs"
 
 sanitize=${SANITIZE_BUILD_DIR:-build/sanitize}
 rm -rf "$sanitize"
 # The benchmarks are built (not run) by the first build; timing them under sanitizers means nothing.
-CC=clang CXX=clang++ cmake -S . -B "$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPEFT_SANITIZE=ON -DPEFT_FUZZ=ON \
+# Line tables are all a sanitizer report needs; full debug info of LibTorch's headers only slows the build.
+CC=clang CXX=clang++ cmake -S . -B "$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DPEFT_UNITY_BUILD=ON -DPEFT_SANITIZE=ON -DPEFT_FUZZ=ON \
   -DPEFT_INTERPOSE=OFF -DPEFT_BUILD_EXAMPLES=ON -DPEFT_BUILD_BENCH=OFF -DPEFT_FUZZ_SECONDS="${PEFT_FUZZ_SECONDS:-45}"
 cmake --build "$sanitize" -j"$jobs"
 ctest --test-dir "$sanitize" --output-on-failure -j"$jobs"
 
 tsan=${TSAN_BUILD_DIR:-build/tsan}
 rm -rf "$tsan"
-# One test program; the library is compiled as a unity build, which is all a ThreadSanitizer check needs.
-CC=clang CXX=clang++ cmake -S . -B "$tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPEFT_TSAN=ON -DCMAKE_UNITY_BUILD=ON \
+# One test program; everything is compiled as a unity build, which is all a ThreadSanitizer check needs.
+CC=clang CXX=clang++ cmake -S . -B "$tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DPEFT_TSAN=ON -DCMAKE_UNITY_BUILD=ON \
   -DPEFT_BUILD_TESTS=OFF -DPEFT_BUILD_EXAMPLES=OFF -DPEFT_BUILD_TOOLS=OFF -DPEFT_BUILD_BENCH=OFF
 cmake --build "$tsan" -j"$jobs" --target peft_thread_tests
 ctest --test-dir "$tsan" --output-on-failure

@@ -84,7 +84,7 @@ void inject_trained(torch::nn::Module& model, const peft::PeftConfig& config, co
   perturb(model);
 }
 
-const at::Tensor& delta_of(torch::nn::Module& model, const std::string& key) {
+at::Tensor delta_of(torch::nn::Module& model, const std::string& key) {
   const at::Tensor* t = model.named_parameters().find(key);
   TORCH_CHECK(t, "no parameter ", key);
   return *t;

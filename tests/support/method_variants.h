@@ -9,7 +9,7 @@
 //                            UnsupportedLayerName());
 //
 // MethodVariants checks, per variant: the adapter changes the output, merging reproduces it and unmerging
-// restores the weights, training reaches every adapter tensor and no base tensor, save/load (also with
+// restores the weights (or, for a method that cannot merge, merging is refused without changes), training reaches every adapter tensor and no base tensor, save/load (also with
 // low_cpu_mem_usage) round-trips, the config survives JSON, and state-dict injection adapts the layers its keys
 // name. UnsupportedLayers checks that a layer type the method cannot adapt is refused without changes.
 
@@ -65,6 +65,7 @@ struct Variant {
   std::string name;
   bool conv;            // ConvNet instead of Mlp
   nlohmann::json config;
+  bool merges = true;   // false: Python cannot merge the method either, so merging must be refused
 };
 
 class MethodVariants : public testing::TestWithParam<Variant> {};
