@@ -79,14 +79,22 @@ void expand_all_linear(PeftConfig& config, torch::nn::Module& model) {
 
 // Ranks come from the config; a state dict trained with another rank is named here, before anything changes.
 void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std::string>& names,
-                             const std::vector<std::unique_ptr<PendingChange>>& pending, const PeftConfig& config) {
+                             const std::vector<std::unique_ptr<PendingChange>>& pending, const PeftConfig& config,
+                             const Method& method) {
   std::unordered_map<std::string, const at::Tensor*> by_key;
   for (const auto& item : state_dict) by_key[strip_peft_prefix(item.key())] = &item.value();
   std::string problems;
+  std::unordered_set<std::string> shared_checked;
   for (size_t i = 0; i < names.size(); ++i) {
     const auto integer_dtypes = pending[i]->checkpoint_integer_dtypes();
     for (const auto& [key, shape] : pending[i]->checkpoint_shapes()) {
-      auto it = by_key.find(names[i] + "." + key);
+      std::string full_key = names[i] + "." + key;
+      // A shared tensor is checked once, under its model-level key, where the config saves it.
+      if (const auto* shared = method.shared_container(key)) {
+        if (!shared->saved(config) || !shared_checked.insert(shared->checkpoint_key()).second) continue;
+        full_key = shared->checkpoint_key();
+      }
+      auto it = by_key.find(full_key);
       if (it == by_key.end()) continue;
       auto integer = std::find_if(integer_dtypes.begin(), integer_dtypes.end(), [&](const auto& e) { return e.first == key; });
       std::ostringstream line;
@@ -177,6 +185,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     const std::string marker = "." + method->prefix();
     std::unordered_set<std::string> from_keys;
     for (const auto& item : *state_dict) {
+      if (method->shared_container_of_key(item.key())) continue;  // a model-level tensor, no layer's
       std::string key = strip_peft_prefix(item.key());
       const auto pos = key.rfind(marker);
       from_keys.insert(pos == std::string::npos ? key : key.substr(0, pos));
@@ -310,7 +319,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
       if (needs_routing(*c.module, base->kind)) routed_kinds.insert(base->kind);
     }
   }
-  if (weights) check_state_dict_shapes(*weights, pending_names, pending, *config);
+  if (weights) check_state_dict_shapes(*weights, pending_names, pending, *config, *method);
   for (LayerKind kind : routed_kinds) check_routing(kind);
 
   // ---- phase 3: commit

@@ -274,12 +274,12 @@ void cast_adapter_dtype(ModuleRef model_ref, const std::string& adapter_name, c1
     throw ConfigError(std::string("cast_adapter_dtype: ") + c10::toString(dtype) + " is not a floating-point dtype");
   }
   at::NoGradGuard no_grad;
+  detail::SharedReplacements replacements;  // a tensor shared by several layers stays one tensor
   for (const AdaptedLayer& layer : detail::adapted_layers(model)) {
     for (const detail::AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter_name)) {
-      const at::Tensor& tensor = t.get();
-      if (tensor.is_floating_point() && tensor.scalar_type() != dtype) {
-        detail::replace_tensor(*t.owner, t.name, tensor.to(dtype), t.is_buffer);
-      }
+      replacements.replace(*t.owner, t.name, t.is_buffer, [&](const at::Tensor& tensor) {
+        return tensor.is_floating_point() ? tensor.to(dtype) : tensor;
+      });
     }
   }
 }

@@ -9,6 +9,7 @@
 // The method folders are found by CMake (every src/tuners/<folder>/ with a method.cpp); nothing else
 // lists them.
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -107,6 +108,32 @@ class Method {
                                  const std::vector<std::shared_ptr<const PeftConfig>>& existing) const {}
   /// Final touches to an adapter's checkpoint state dict (AdaLoRA keeps only the allocated ranks).
   virtual void adjust_checkpoint(const PeftConfig& config, StateDict& state_dict) const {}
+  /// The inverse, before a checkpoint is matched to the adapter's tensors: VB-LoRA's save_only_topk_weights files
+  /// hold top-k indices and weights where the model has logits. Also checks and warns as Python's load does. Keys
+  /// may carry the "base_model.model." prefix. std::nullopt: load `state_dict` as it is.
+  virtual std::optional<StateDict> checkpoint_for_load(const PeftConfig& config, const StateDict& state_dict) const {
+    return std::nullopt;
+  }
+
+  // ---- tensors one adapter shares between all its layers
+  /// A container whose tensor is one per adapter for the whole model (VeRA's vera_A / vera_B, VB-LoRA's
+  /// vblora_vector_bank; Python PEFT keeps it on the tuner object and gives every layer a reference). Each adapted
+  /// layer registers that same tensor in its container `name` under the adapter name, so forward, training, merge
+  /// and delete_adapter need nothing special. Checkpoints hold it once, under the model-level key
+  /// `base_model.<name>`, when `saved(config)` (VeRA: save_projection); otherwise it is neither saved, nor
+  /// expected, nor loaded: the injection's value stands (VeRA regenerates it from projection_prng_key). Loading
+  /// one of them gives every layer the same new tensor.
+  struct SharedContainer {
+    std::string name;
+    std::function<bool(const PeftConfig&)> saved;
+    /// "base_model.<name>", Python's key in get_peft_model_state_dict and adapter_model.safetensors.
+    std::string checkpoint_key() const;
+  };
+  const std::vector<SharedContainer>& shared_containers() const { return shared_containers_; }
+  /// The shared container named `name` (a container of the method's layers), or nullptr.
+  const SharedContainer* shared_container(const std::string& name) const;
+  /// The shared container whose checkpoint key is `key` ("base_model.vera_A"), or nullptr.
+  const SharedContainer* shared_container_of_key(const std::string& key) const;
 
   // ---- checkpoints without a model (offline merge, inspect)
   /// Containers (the key part after `<module>.`) that only an Embedding layer has, e.g. lora_embedding_A.
@@ -136,6 +163,8 @@ class Method {
   void embedding_containers(std::vector<std::string> names) { embedding_containers_ = std::move(names); }
   void rank_keys(std::vector<std::pair<std::string, int64_t>> keys) { rank_keys_ = std::move(keys); }
   void rank_fields(RankFields fields) { rank_fields_ = std::move(fields); }
+  /// Declares a shared container (see SharedContainer); `saved` defaults to always.
+  void shares(std::string name, std::function<bool(const PeftConfig&)> saved = nullptr);
   /// Checks before any field is read (OFT refuses files from before its format change).
   virtual void check_file(const JsonConfigReader& in) const {}
   /// Checks of combinations of fields (each field's own checks run first).
@@ -152,6 +181,7 @@ class Method {
   std::vector<std::string> embedding_containers_;
   std::vector<std::pair<std::string, int64_t>> rank_keys_;
   RankFields rank_fields_;
+  std::vector<SharedContainer> shared_containers_;
 };
 
 /// The base of each method's registration: ties the method to its config class.
@@ -169,6 +199,12 @@ class MethodOf : public Method {
     fields_.push_back(std::move(entry));
     return ref;
   }
+  /// A shared container saved when `saved(config)` holds: shares("vera_A", [](const VeraConfig& c) { ... }).
+  void shares(std::string name, std::function<bool(const Config&)> saved) {
+    Method::shares(std::move(name), [saved](const PeftConfig& c) { return saved(static_cast<const Config&>(c)); });
+  }
+  using Method::shares;
+
   /// A field with its own JSON form.
   void custom(const char* name, typename CustomField<Config>::Read read, typename CustomField<Config>::Write write) {
     fields_.push_back(std::make_unique<CustomField<Config>>(name, std::move(read), std::move(write)));

@@ -2,10 +2,12 @@
 //
 // Python PEFT wraps an adapted layer, so its base tensors are saved as `<layer>.base_layer.<name>`; here
 // the layer keeps its names, and the two spellings are translated: both are accepted on load, Python's is
-// written on save so files stay interchangeable.
+// written on save so files stay interchangeable. A tensor an adapter shares between its layers (VeRA's vera_A)
+// is registered in each of them and has one checkpoint key, Python's model-level "base_model.vera_A".
 
 #include <peft/state_dict.h>
 
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 
@@ -46,19 +48,41 @@ const at::Tensor& slot_tensor(const Slot& s) {
   return *map.find(s.name);
 }
 
-// The adapter's own tensors, keyed as Python's checkpoints key them, in module order: those of the adapted
-// layers, or (`copies`) those of the modules_to_save copies.
-std::vector<std::pair<std::string, Slot>> adapter_slots(const std::vector<AdaptedLayer>& layers,
-                                                         const std::string& adapter, bool copies) {
-  std::vector<std::pair<std::string, Slot>> out;
+// The adapter's own tensors by checkpoint key, in module order. A tensor the adapter shares between its layers
+// (Method::SharedContainer) is one key, "base_model.<container>", with a slot in every layer that holds it.
+struct AdapterSlots {
+  std::vector<std::string> order;
+  std::unordered_map<std::string, std::vector<Slot>> by_key;
+  std::unordered_map<std::string, bool> shared;
+
+  void add(const std::string& key, Slot slot, bool is_shared) {
+    auto& slots = by_key[key];
+    if (slots.empty()) {
+      order.push_back(key);
+      shared[key] = is_shared;
+    }
+    slots.push_back(std::move(slot));
+  }
+};
+
+// The slots of the adapted layers, or (`copies`) those of the modules_to_save copies. Shared tensors the config
+// does not save (VeRA without save_projection) are left out.
+void add_adapter_slots(AdapterSlots& out, const std::vector<AdaptedLayer>& layers, const std::string& adapter,
+                       const PeftConfig& config, bool copies) {
   for (const AdaptedLayer& layer : layers) {
     if (detail::is_modules_to_save(*layer.adapters) != copies) continue;
+    const detail::Method* method = copies ? nullptr : detail::find_method(layer.adapters->peft_type());
     for (const AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter)) {
-      out.emplace_back(join(layer.name, t.key),
-                       Slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true});
+      Slot slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true};
+      const auto* shared = method ? method->shared_container(t.key) : nullptr;
+      if (!shared) {
+        out.add(join(layer.name, t.key), std::move(slot), false);
+      } else if (shared->saved(config)) {
+        slot.model_key = shared->checkpoint_key();
+        out.add(shared->checkpoint_key(), std::move(slot), true);
+      }
     }
   }
-  return out;
 }
 
 // Base-model tensors by every name a checkpoint may use for them.
@@ -97,8 +121,15 @@ StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string&
   const torch::nn::Module& model = model_ref.get();
   const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
+  AdapterSlots slots;
+  add_adapter_slots(slots, layers, adapter_name, *config, /*copies=*/false);
   StateDict out;
-  for (const auto& [key, slot] : adapter_slots(layers, adapter_name, /*copies=*/false)) out.insert(key, slot_tensor(slot));
+  // The layers' tensors, then (as Python's tuners add them) the shared ones.
+  for (bool shared : {false, true}) {
+    for (const std::string& key : slots.order) {
+      if (slots.shared[key] == shared) out.insert(key, slot_tensor(slots.by_key[key].front()));
+    }
+  }
 
   // Biases, per the config's `bias`, under Python's names.
   const std::string bias = config->bias_mode();
@@ -116,36 +147,37 @@ StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string&
   }
   detail::require_method(config->peft_type()).adjust_checkpoint(*config, out);
   // Python adds the modules_to_save copies last, over any bias of the same name.
-  for (const auto& [key, slot] : adapter_slots(layers, adapter_name, /*copies=*/true)) {
+  AdapterSlots copies;
+  add_adapter_slots(copies, layers, adapter_name, *config, /*copies=*/true);
+  for (const std::string& key : copies.order) {
+    const at::Tensor& tensor = slot_tensor(copies.by_key[key].front());
     if (out.contains(key)) {
-      out[key] = slot_tensor(slot);
+      out[key] = tensor;
     } else {
-      out.insert(key, slot_tensor(slot));
+      out.insert(key, tensor);
     }
   }
   return out;
 }
 
-LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& state_dict, const std::string& adapter_name,
+LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given, const std::string& adapter_name,
                                      bool low_cpu_mem_usage) {
   torch::nn::Module& model = model_ref.get();
-  detail::require_adapter(model, adapter_name);
+  const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
+  // The method's view of its own checkpoint format (VB-LoRA's top-k files become logits).
+  const std::optional<StateDict> converted =
+      detail::require_method(config->peft_type()).checkpoint_for_load(*config, given);
+  const StateDict& state_dict = converted ? *converted : given;
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
-  std::unordered_map<std::string, Slot> adapter;
-  std::vector<std::string> adapter_order;
-  for (bool copies : {false, true}) {
-    for (auto& [key, slot] : adapter_slots(layers, adapter_name, copies)) {
-      adapter_order.push_back(key);
-      adapter.emplace(key, slot);
-    }
-  }
+  AdapterSlots adapter;
+  for (bool copies : {false, true}) add_adapter_slots(adapter, layers, adapter_name, *config, copies);
   const std::unordered_map<std::string, Slot> base = base_slots(model);
 
   // Plan and check everything before writing anything.
   struct Planned {
-    const Slot* slot;
+    const Slot* slots;  // every slot the tensor goes to (several for a shared tensor)
+    size_t count;
     const at::Tensor* value;
-    std::string key;
   };
   std::vector<Planned> plan;
   LoadResult result;
@@ -154,19 +186,22 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& state
   for (const auto& item : state_dict) {
     const std::string& original = item.key();
     const std::string key = original.compare(0, kPeftPrefix.size(), kPeftPrefix) == 0 ? original.substr(kPeftPrefix.size()) : original;
-    const Slot* slot = nullptr;
-    if (auto it = adapter.find(key); it != adapter.end()) {
-      slot = &it->second;
+    const Slot* slots = nullptr;
+    size_t count = 1;
+    if (auto it = adapter.by_key.find(key); it != adapter.by_key.end()) {
+      slots = it->second.data();
+      count = it->second.size();
       provided[key] = true;
     } else if (auto b = base.find(key); b != base.end()) {
-      slot = &b->second;
+      slots = &b->second;
     }
-    if (!slot) {
+    if (!slots) {
       result.unexpected_keys.push_back(original);
       continue;
     }
+    const Slot& slot = slots[0];
     const at::Tensor& value = item.value();
-    const at::Tensor& target = slot_tensor(*slot);
+    const at::Tensor& target = slot_tensor(slot);
     if (!value.defined()) {
       problems.push_back("tensor for " + original + " is undefined");
       continue;
@@ -176,7 +211,7 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& state
       continue;
     }
     if (value.sizes() != target.sizes()) {
-      problems.push_back("size mismatch for " + slot->model_key + ": copying a param with shape " +
+      problems.push_back("size mismatch for " + slot.model_key + ": copying a param with shape " +
                          shape_text(value.sizes()) + " from checkpoint, the shape in current model is " +
                          shape_text(target.sizes()) + ".");
       continue;
@@ -184,44 +219,49 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& state
     const bool convertible = value.scalar_type() == target.scalar_type() ||
                              (value.is_floating_point() && target.is_floating_point());
     if (!convertible) {
-      problems.push_back("dtype mismatch for " + slot->model_key + ": the checkpoint holds " +
+      problems.push_back("dtype mismatch for " + slot.model_key + ": the checkpoint holds " +
                          std::string(c10::toString(value.scalar_type())) + ", the model " +
                          std::string(c10::toString(target.scalar_type())) + ".");
       continue;
     }
     if (target.device().is_meta() && !low_cpu_mem_usage) {
-      problems.push_back(slot->model_key + " is on the meta device (the adapter was injected with low_cpu_mem_usage); "
+      problems.push_back(slot.model_key + " is on the meta device (the adapter was injected with low_cpu_mem_usage); "
                          "load it with low_cpu_mem_usage = true.");
       continue;
     }
-    plan.push_back({slot, &value, original});
+    plan.push_back({slots, count, &value});
   }
   if (!problems.empty()) {
     std::string message = "Error(s) in loading state_dict for " + model.name() + ":";
     for (const auto& p : problems) message += "\n\t" + p;
     throw StateDictError(message);
   }
-  for (const std::string& key : adapter_order) {
+  for (const std::string& key : adapter.order) {
     if (!provided.count(key)) result.missing_keys.push_back(key);
   }
 
   at::NoGradGuard no_grad;
   for (const Planned& p : plan) {
-    const at::Tensor& target = slot_tensor(*p.slot);
-    if (!low_cpu_mem_usage) {
-      target.copy_(*p.value);
-      continue;
+    // A tensor in several slots (shared) is written once, and an adopted one is the same tensor in every slot.
+    detail::SharedReplacements replacements;
+    for (size_t i = 0; i < p.count; ++i) {
+      const Slot& slot = p.slots[i];
+      replacements.replace(*slot.owner, slot.name, slot.is_buffer, [&](const at::Tensor& target) {
+        if (!low_cpu_mem_usage) {
+          target.copy_(*p.value);
+          return target;
+        }
+        // Adopt the tensor: on the layer's device and in its float dtype, without a copy when it already fits.
+        at::TensorOptions options = target.options();
+        if (target.device().is_meta()) {
+          const std::optional<detail::BaseLayer> layer = detail::describe_layer(*slot.layer);
+          const at::Tensor weight = layer ? layer->weight() : at::Tensor();
+          const bool real_layer = weight.defined() && !weight.device().is_meta();
+          options = options.device(real_layer ? weight.device() : p.value->device());
+        }
+        return p.value->detach().to(options.device(), options.dtype().toScalarType());
+      });
     }
-    // Adopt the tensor: on the layer's device and in its float dtype, without a copy when it already fits.
-    at::TensorOptions options = target.options();
-    if (target.device().is_meta()) {
-      const std::optional<detail::BaseLayer> layer = detail::describe_layer(*p.slot->layer);
-      const at::Tensor weight = layer ? layer->weight() : at::Tensor();
-      const bool real_layer = weight.defined() && !weight.device().is_meta();
-      options = options.device(real_layer ? weight.device() : p.value->device());
-    }
-    at::Tensor adopted = p.value->detach().to(options.device(), options.dtype().toScalarType());
-    detail::replace_tensor(*p.slot->owner, p.slot->name, adopted, p.slot->is_buffer);
   }
   return result;
 }

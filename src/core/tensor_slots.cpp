@@ -46,6 +46,16 @@ void replace_tensor(torch::nn::Module& owner, const std::string& name, at::Tenso
 #undef PEFT_SET_MEMBER
 }
 
+void SharedReplacements::replace(torch::nn::Module& owner, const std::string& name, bool is_buffer, const Make& make) {
+  const at::Tensor* slot = is_buffer ? buffers_of(owner).find(name) : parameters_of(owner).find(name);
+  TORCH_CHECK(slot && slot->defined(), "no tensor '", name, "' to replace");
+  const c10::TensorImpl* current = slot->unsafeGetTensorImpl();
+  auto it = done_.find(current);
+  if (it == done_.end()) it = done_.emplace(current, std::make_pair(*slot, make(*slot))).first;
+  const at::Tensor replacement = it->second.second;
+  if (replacement.unsafeGetTensorImpl() != current) replace_tensor(owner, name, replacement, is_buffer);
+}
+
 std::shared_ptr<torch::nn::LinearImpl> make_linear(int64_t in, int64_t out, bool bias, const at::TensorOptions& options) {
   // (in=1, out=0) gives zero-element weights, so LibTorch's constructor allocates and initialises nothing.
   auto layer = std::make_shared<torch::nn::LinearImpl>(torch::nn::LinearOptions(1, 0).bias(bias));

@@ -14,6 +14,7 @@
 
 #include "core/inject_internal.h"
 #include "core/json_config.h"
+#include "core/method.h"
 #include "core/model_adapters.h"
 #include "core/tensor_slots.h"
 #include "io/atomic_file.h"
@@ -41,17 +42,17 @@ fs::path adapter_directory(const std::string& directory, const std::string& adap
 // Moves or casts every tensor of the adapter (Python's _cast_adapter_dtype and device placement).
 void place_adapter(torch::nn::Module& model, const std::string& adapter, const LoadAdapterOptions& options) {
   at::NoGradGuard no_grad;
+  SharedReplacements replacements;  // a tensor shared by several layers stays one tensor
   for (const AdaptedLayer& layer : adapted_layers(model)) {
     for (const AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter)) {
-      const at::Tensor& tensor = t.get();
-      if (!tensor.is_floating_point() || tensor.device().is_meta()) continue;
-      c10::ScalarType dtype = tensor.scalar_type();
-      if (options.autocast_adapter_dtype && (dtype == at::kHalf || dtype == at::kBFloat16)) dtype = at::kFloat;
-      if (options.dtype) dtype = *options.dtype;
-      const c10::Device device = options.device ? *options.device : tensor.device();
-      if (dtype != tensor.scalar_type() || device != tensor.device()) {
-        replace_tensor(*t.owner, t.name, tensor.to(device, dtype), t.is_buffer);
-      }
+      replacements.replace(*t.owner, t.name, t.is_buffer, [&](const at::Tensor& tensor) {
+        if (!tensor.is_floating_point() || tensor.device().is_meta()) return tensor;
+        c10::ScalarType dtype = tensor.scalar_type();
+        if (options.autocast_adapter_dtype && (dtype == at::kHalf || dtype == at::kBFloat16)) dtype = at::kFloat;
+        if (options.dtype) dtype = *options.dtype;
+        const c10::Device device = options.device ? *options.device : tensor.device();
+        return tensor.to(device, dtype);  // `tensor` itself when both already fit
+      });
     }
   }
 }
@@ -99,8 +100,11 @@ void save_adapter(ConstModuleRef model_ref, const std::string& directory, const 
     throw FileFormatError("Provided path (" + dir.string() + ") should be a directory, not a file");
   }
   StateDict prefixed;
+  const detail::Method& method = detail::require_method(config->peft_type());
   for (const auto& item : get_peft_model_state_dict(model, adapter_name)) {
-    prefixed.insert("base_model.model." + item.key(), item.value());
+    // Model-level keys (an adapter's shared tensors, "base_model.vera_A") are written as they are, as Python does.
+    const bool model_level = method.shared_container_of_key(item.key()) != nullptr;
+    prefixed.insert(model_level ? item.key() : "base_model.model." + item.key(), item.value());
   }
   // Everything is serialised before anything is written.
   const std::string weights = safetensors::save_bytes(prefixed, {{"format", "pt"}});

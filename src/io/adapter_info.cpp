@@ -9,9 +9,11 @@
 namespace peft {
 
 std::vector<std::string> adapted_module_names(const PeftConfig& config, const StateDict& adapter) {
-  const std::string& prefix = detail::require_method(config.peft_type()).prefix();
+  const detail::Method& method = detail::require_method(config.peft_type());
+  const std::string& prefix = method.prefix();
   std::set<std::string> names;
   for (const auto& item : adapter) {
+    if (method.shared_container_of_key(item.key())) continue;  // model-level, no module's
     const std::string module = detail::module_of_key(detail::strip_save_prefix(item.key()), prefix);
     if (!module.empty()) names.insert(module);
   }
@@ -19,9 +21,11 @@ std::vector<std::string> adapted_module_names(const PeftConfig& config, const St
 }
 
 StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapter) {
-  const std::string& prefix = detail::require_method(config.peft_type()).prefix();
+  const detail::Method& method = detail::require_method(config.peft_type());
+  const std::string& prefix = method.prefix();
   StateDict out;
   for (const auto& item : adapter) {
+    if (method.shared_container_of_key(item.key())) continue;  // an adapter tensor, not a base one
     std::string key = detail::strip_save_prefix(item.key());
     if (!detail::module_of_key(key, prefix).empty()) continue;
     const std::string wrapped = ".base_layer.";

@@ -120,7 +120,12 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   // The adapter's tensors per module, and the container names each module's keys use.
   std::map<std::string, StateDict> per_module;
   std::map<std::string, std::set<std::string>> containers;
+  StateDict shared;  // model-level tensors the layers share (VeRA's "base_model.vera_A"), loaded with them
   for (const auto& item : adapter) {
+    if (method.shared_container_of_key(item.key())) {
+      shared.insert(item.key(), item.value().to(at::kFloat));
+      continue;
+    }
     const std::string key = detail::strip_save_prefix(item.key());
     const std::string module = detail::module_of_key(key, method.prefix());
     if (module.empty()) continue;
@@ -156,6 +161,7 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
     layers.emplace_back(module, layer);
     for (const auto& item : tensors) weights.insert(item.key(), item.value());
   }
+  for (const auto& item : shared) weights.insert(item.key(), item.value());
 
   if (!layers.empty()) {
     // Only the layers named by the state dict's keys; modules_to_save are handled as plain replacements.

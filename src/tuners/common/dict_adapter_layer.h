@@ -55,7 +55,8 @@ class DictAdapterLayer : public AdapterLayer {
   void unmerge(torch::nn::Module& base) override;
 
   /// The tensor an adapter keeps in container `index` (for a ModuleDict: that module's "weight"; for a
-  /// BufferDict: its buffer).
+  /// BufferDict: its buffer). A shared container (Method::SharedContainer) holds the same tensor in every
+  /// layer of the adapter.
   const at::Tensor& param(size_t index, const std::string& adapter) const;
   bool has_param(size_t index, const std::string& adapter) const;
   std::shared_ptr<torch::nn::Module> module(size_t index, const std::string& adapter) const;
