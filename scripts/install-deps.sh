@@ -10,6 +10,7 @@ packages=(
   libpcre2-dev            # Python-compatible regular expressions for target_modules
   libgtest-dev libgmock-dev
   libcli11-dev            # the peft-cpp command-line tool
+  zlib1g-dev dataset-fashion-mnist  # examples/finetune_fashion_mnist.cpp (gzipped IDX files)
   libbenchmark-dev        # bench/
   time                    # /usr/bin/time -v: peak memory of the merge test
   clang libclang-rt-14-dev  # sanitizer builds and libFuzzer

@@ -56,21 +56,14 @@ std::shared_ptr<const PeftConfig> require_adapter(const torch::nn::Module& model
                          (adapters.empty() ? std::string("no adapters") : "the adapters " + adapters.names_text()) + ".");
 }
 
-void activate_after_injection(torch::nn::Module& model, const std::string& adapter, const PeftConfig& config) {
-  const std::vector<AdaptedLayer> layers = adapted_layers(model);
-  for (const AdaptedLayer& layer : layers) {
-    layer.adapters->set_active_adapters(*layer.module, {adapter}, config.inference_mode());
-  }
-  // The model's own parameters stop training; the walk does not enter adapter containers, so this costs
-  // the same however many adapters the model has.
+void freeze_base_and_train_biases(torch::nn::Module& model, const std::vector<AdaptedLayer>& layers,
+                                  const std::string& bias, const std::string& peft_type) {
+  // The walk does not enter adapter containers, so this costs the same however many adapters the model has.
   walk_modules(model, [](const ModuleVisit& v) {
     for (auto& param : parameters_of(v.module)) {
-      if (param.value().defined()) param.value().set_requires_grad(false);
+      if (param.value().defined() && param.value().requires_grad()) param.value().set_requires_grad(false);
     }
   });
-  // Biases train per `bias` unless the adapter is loaded for inference. (Python PEFT leaves them trainable
-  // even then; an inference-mode adapter that trains part of the base model is not useful.)
-  const std::string bias = config.inference_mode() ? "none" : config.bias_mode();
   if (bias == "all") {
     for (const auto& param : model.named_parameters()) {
       const std::string& key = param.key();
@@ -80,12 +73,22 @@ void activate_after_injection(torch::nn::Module& model, const std::string& adapt
     }
   } else if (bias != "none") {  // "<method>_only": the biases of the layers this method adapted
     for (const AdaptedLayer& layer : layers) {
-      if (config.peft_type() != layer.adapters->peft_type()) continue;
+      if (peft_type != layer.adapters->peft_type()) continue;
       const std::optional<BaseLayer> base = describe_layer(*layer.module);
       const at::Tensor b = base ? base->bias() : at::Tensor();
       if (b.defined()) b.set_requires_grad(true);
     }
   }
+}
+
+void activate_after_injection(torch::nn::Module& model, const std::string& adapter, const PeftConfig& config) {
+  const std::vector<AdaptedLayer> layers = adapted_layers(model);
+  for (const AdaptedLayer& layer : layers) {
+    layer.adapters->set_active_adapters(*layer.module, {adapter}, config.inference_mode());
+  }
+  // Biases train per `bias` unless the adapter is loaded for inference. (Python PEFT leaves them trainable
+  // even then; an inference-mode adapter that trains part of the base model is not useful.)
+  freeze_base_and_train_biases(model, layers, config.inference_mode() ? "none" : config.bias_mode(), config.peft_type());
 }
 
 }  // namespace peft::detail
