@@ -187,7 +187,7 @@ TEST(Inject, RefusesTheOutputProjectionOfMultiheadAttention) {
   torch::nn::TransformerEncoderLayer layer(torch::nn::TransformerEncoderLayerOptions(8, 2).dropout(0.0));
   const ModelSnapshot before(*layer);
   for (const auto& config : {peft::LoraConfig().target_modules({"out_proj"}),
-                             peft::LoraConfig().target_modules({"linear1"}).modules_to_save({"out_proj"})}) {
+                             peft::LoraConfig().target_modules({"linear1"}).modules_to_save(std::vector<std::string>{"out_proj"})}) {
     try {
       peft::inject_adapter_in_model(config, layer);
       ADD_FAILURE() << "an adapter on self_attn.out_proj was accepted";
