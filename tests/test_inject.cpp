@@ -182,6 +182,29 @@ TEST(Inject, LibTorchOwnModulesRouteToo) {
   EXPECT_TRUE(torch::equal(layer->forward(x), base));
 }
 
+TEST(Inject, RefusesTheOutputProjectionOfMultiheadAttention) {
+  // LibTorch's attention reads out_proj's weight directly: an adapter (or a saved copy) there would do nothing.
+  torch::nn::TransformerEncoderLayer layer(torch::nn::TransformerEncoderLayerOptions(8, 2).dropout(0.0));
+  const ModelSnapshot before(*layer);
+  for (const auto& config : {peft::LoraConfig().target_modules({"out_proj"}),
+                             peft::LoraConfig().target_modules({"linear1"}).modules_to_save(std::vector<std::string>{"out_proj"})}) {
+    try {
+      peft::inject_adapter_in_model(config, layer);
+      ADD_FAILURE() << "an adapter on self_attn.out_proj was accepted";
+    } catch (const peft::UnsupportedLayerError& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("'self_attn.out_proj'"), std::string::npos) << message;
+      EXPECT_NE(message.find("MultiheadAttention"), std::string::npos) << message;
+    }
+    EXPECT_TRUE(ModelSnapshot(*layer) == before);
+  }
+  // Other layers named out_proj are ordinary targets.
+  auto net = torch::nn::Sequential();
+  net->push_back("out_proj", nn::Linear(4, 4));
+  peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"out_proj"}), net);
+  EXPECT_EQ(peft::get_peft_model_state_dict(net).size(), 2u);
+}
+
 TEST(Inject, ForwardThroughAnAdapterThatWasNeverLoadedNamesIt) {
   auto model = mlp();
   const auto x = torch::randn({2, 10});

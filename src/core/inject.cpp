@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include <c10/util/Exception.h>
+#include <torch/nn/modules/activation.h>
 
 #include <peft/error.h>
 #include <peft/inject.h>
@@ -122,6 +123,27 @@ struct Candidate {
   std::string name;
   torch::nn::Module* module;
 };
+
+// LibTorch's MultiheadAttention passes out_proj's tensors to F::multi_head_attention_forward and never calls
+// out_proj's forward: an adapter or a modules_to_save copy there would be silently ignored.
+void check_forward_is_called(torch::nn::Module& model, const std::vector<Candidate>& modules, const std::string& name) {
+  const auto dot = name.rfind('.');
+  if (name.compare(dot == std::string::npos ? 0 : dot + 1, std::string::npos, "out_proj") != 0) return;  // its only child
+  const std::string parent_name = dot == std::string::npos ? std::string() : name.substr(0, dot);
+  torch::nn::Module* parent = &model;
+  if (!parent_name.empty()) {
+    auto it = std::find_if(modules.begin(), modules.end(), [&](const Candidate& c) { return c.name == parent_name; });
+    if (it == modules.end()) return;
+    parent = it->module;
+  }
+  if (dynamic_cast<torch::nn::MultiheadAttentionImpl*>(parent) != nullptr) {
+    throw UnsupportedLayerError(
+        "'" + name + "' belongs to a torch::nn::MultiheadAttention, which reads its tensors directly and never calls "
+        "its forward, so an adapter there would have no effect. peft-cpp does not adapt MultiheadAttention yet: "
+        "target other layers (e.g. linear1/linear2 of a TransformerEncoderLayer) or exclude '" + name +
+        "' with `exclude_modules`.");
+  }
+}
 
 }  // namespace
 
@@ -274,6 +296,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   std::unordered_set<const torch::nn::Module*> adapted;
   std::vector<LayerRequest> requests;
   auto add_request = [&](const Candidate& target) {
+    check_forward_is_called(model, modules, target.name);
     std::optional<BaseLayer> base = describe_layer(*target.module);
     if (!base || !method->supports(base->kind)) {
       throw UnsupportedLayerError(method->unsupported_layer_message(*target.module, target.name));
@@ -309,6 +332,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
         throw ConfigError("modules_to_save: '" + c.name + "' is also selected by target_modules; a layer cannot be "
                           "both adapted and saved whole. Adjust `modules_to_save` or `target_modules`.");
       }
+      check_forward_is_called(model, modules, c.name);
       std::optional<BaseLayer> base = describe_layer(*c.module);
       if (!base) {
         throw UnsupportedLayerError("modules_to_save: '" + c.name + "' (" + short_repr(*c.module) +
