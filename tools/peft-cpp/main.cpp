@@ -1,4 +1,4 @@
-// peft-cpp: inspect, merge and convert Python PEFT adapters without writing code.
+// peft-cpp: inspect, merge and convert Python PEFT adapters without writing code; launch data-parallel training.
 // Exit codes: 0 ok, 1 bad input (with one line saying what), 2 internal error.
 
 #include <malloc.h>
@@ -7,6 +7,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <peft/distributed.h>
 #include <peft/error.h>
 
 #include "commands.h"
@@ -49,6 +50,16 @@ int main(int argc, char** argv) {
   auto* demo = app.add_subcommand("demo", "The adapter-injection guide's walk-through, then inspect and merge on its files.");
   demo->add_option("--out", demo_dir, "working directory (recreated)")->capture_default_str();
 
+  int nproc = 1, master_port = 0;
+  std::string master_addr = "127.0.0.1";
+  std::vector<std::string> command;
+  auto* launch = app.add_subcommand("launch", "Run a training program as N local processes of one torch.distributed "
+                                              "job (torchrun's variables); if one fails, stop the others.");
+  launch->add_option("-n,--nproc", nproc, "number of processes")->check(CLI::Range(1, 1024))->capture_default_str();
+  launch->add_option("--master-port", master_port, "rendezvous port (0: a free one)")->capture_default_str();
+  launch->add_option("--master-addr", master_addr, "rendezvous address")->capture_default_str();
+  launch->add_option("command", command, "-- PROGRAM ARGS...")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -60,6 +71,7 @@ int main(int argc, char** argv) {
     if (*merge) peft_cli::merge(merge_options, std::cout);
     if (*convert) peft_cli::convert(convert_options, std::cout);
     if (*demo) return peft_cli::demo(demo_dir, std::cout);
+    if (*launch) return peft::distributed::launch(nproc, command, master_port, master_addr);
     return 0;
   } catch (const peft::Error& e) {
     std::cerr << "peft-cpp: error: " << e.what() << "\n";
