@@ -4,19 +4,23 @@
 //     those on the other half, all ten classes;
 //  3. prints the test accuracy before and after, and saves the adapter in Python PEFT's layout.
 // Exit status 1 if fine-tuning did not improve the accuracy (CTest runs a short version).
+// With --world-size N it runs as N data-parallel processes (peft::distributed over Gloo): each takes 1/N of
+// every batch and the gradients are averaged, so the result matches one process up to rounding.
 //
-//   finetune_fashion_mnist [--data DIR] [--out DIR] [--epochs N] [--limit N]
+//   finetune_fashion_mnist [--data DIR] [--out DIR] [--epochs N] [--limit N] [--world-size N]
 
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <peft/distributed.h>
 #include <peft/peft.h>
 
 namespace {
@@ -73,6 +77,13 @@ double accuracy(Classifier& model, const Split& test) {
   return predicted.eq(test.labels).to(torch::kDouble).mean().item<double>();
 }
 
+// The data-parallel job this process belongs to (none when it runs alone).
+struct Job {
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  int rank = 0, world_size = 1;
+  bool prints() const { return rank == 0; }
+};
+
 void progress(const char* what, int64_t done, int64_t total, double loss, double images_per_second) {
   const int width = 30;
   const int filled = static_cast<int>(width * done / std::max<int64_t>(total, 1));
@@ -83,8 +94,10 @@ void progress(const char* what, int64_t done, int64_t total, double loss, double
 }
 
 // Trains `optimizer`'s tensors on `data` for `epochs`, batch 128, shuffled with a fixed seed.
-void train(Classifier& model, torch::optim::Optimizer& optimizer, const Split& data, int epochs, const char* what) {
+void train(Classifier& model, torch::optim::Optimizer& optimizer, const Split& data, int epochs, const char* what,
+           const Job& job) {
   model->train();
+  if (job.group) peft::distributed::broadcast_trainable(model, *job.group);  // every rank starts from rank 0's
   const int64_t n = data.images.size(0), batch = 128;
   const int64_t steps = epochs * ((n + batch - 1) / batch);
   const auto start = std::chrono::steady_clock::now();
@@ -93,21 +106,26 @@ void train(Classifier& model, torch::optim::Optimizer& optimizer, const Split& d
   for (int epoch = 0; epoch < epochs; ++epoch) {
     const auto order = torch::randperm(n);
     for (int64_t first = 0; first < n; first += batch, ++step) {
-      const auto index = order.slice(0, first, std::min(first + batch, n));
+      const auto whole = order.slice(0, first, std::min(first + batch, n));
+      if (whole.size(0) < job.world_size) continue;  // a last batch too small to give every rank a share
+      // This rank's share of the batch (every world_size-th image); averaging the ranks' gradients of their means
+      // gives the batch's (exactly when the shares are equal, as in all but an epoch's last batch).
+      const auto index = job.group ? whole.slice(0, job.rank, whole.size(0), job.world_size) : whole;
       optimizer.zero_grad();
       const auto loss = torch::nn::functional::cross_entropy(model->forward(data.images.index_select(0, index)),
                                                              data.labels.index_select(0, index));
       loss.backward();
+      if (job.group) peft::distributed::all_reduce_gradients(model, *job.group);
       optimizer.step();
-      seen += index.size(0);
+      seen += whole.size(0);
       running = step == 0 ? loss.item<double>() : 0.95 * running + 0.05 * loss.item<double>();
-      if (step % 20 == 0 || step + 1 == steps) {
+      if (job.prints() && (step % 20 == 0 || step + 1 == steps)) {
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         progress(what, step + 1, steps, running, seen / std::max(seconds, 1e-9));
       }
     }
   }
-  std::printf("\n");
+  if (job.prints()) std::printf("\n");
 }
 
 }  // namespace
@@ -115,16 +133,28 @@ void train(Classifier& model, torch::optim::Optimizer& optimizer, const Split& d
 int main(int argc, char** argv) {
   CLI::App app{"Fine-tune a LoRA adapter on Fashion-MNIST"};
   std::string data = "/usr/share/datasets/fashion-mnist", out = "fashion-mnist-lora";
-  int epochs = 2;
+  int epochs = 2, world_size = 1;
   int64_t limit = 0;
   app.add_option("--data", data, "directory of the gzipped IDX files");
   app.add_option("--out", out, "where to save the adapter (Python PEFT's layout)");
   app.add_option("--epochs", epochs, "epochs of pre-training and of fine-tuning")->check(CLI::PositiveNumber);
   app.add_option("--limit", limit, "use at most this many training images (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--world-size", world_size, "data-parallel processes (started with peft::distributed::launch)")
+      ->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
+  if (world_size > 1 && !std::getenv("RANK")) {
+    // Run this same command as world_size processes; they find RANK set and join one job.
+    return peft::distributed::launch(world_size, std::vector<std::string>(argv, argv + argc));
+  }
 
   try {
     const auto start = std::chrono::steady_clock::now();
+    Job job;
+    if (std::getenv("RANK")) {
+      const auto env = peft::distributed::Environment::from_env();
+      job = {peft::distributed::init_gloo(env), env.rank, env.world_size};
+      torch::set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / env.world_size));
+    }
     torch::manual_seed(0);
     Split train_set = load(data, "train");
     const Split test = load(data, "t10k");
@@ -139,24 +169,24 @@ int main(int argc, char** argv) {
 
     Classifier model;
     torch::optim::Adam base_optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
-    train(model, base_optimizer, pretrain, epochs, "pre-train");
+    train(model, base_optimizer, pretrain, epochs, "pre-train", job);
     const double before = accuracy(model, test);
-    std::printf("base model (classes 0-4, %lld images): test accuracy %.2f%%\n",
+    if (job.prints()) std::printf("base model (classes 0-4, %lld images): test accuracy %.2f%%\n",
                 static_cast<long long>(pretrain.images.size(0)), 100 * before);
 
     const auto config = peft::LoraConfig().r(8).lora_alpha(16).target_modules({"fc1", "fc2"}).modules_to_save(
         std::vector<std::string>{"head"});
     peft::inject_adapter_in_model(config, model);
-    peft::print_trainable_parameters(model);
+    if (job.prints()) peft::print_trainable_parameters(model);
     torch::optim::AdamW optimizer(peft::trainable_tensors(model), torch::optim::AdamWOptions(2e-3));
-    train(model, optimizer, finetune, epochs, "fine-tune");
+    train(model, optimizer, finetune, epochs, "fine-tune", job);
     const double after = accuracy(model, test);
-    std::printf("with the adapter (all classes, %lld images): test accuracy %.2f%%\n",
+    if (job.prints()) std::printf("with the adapter (all classes, %lld images): test accuracy %.2f%%\n",
                 static_cast<long long>(finetune.images.size(0)), 100 * after);
 
-    peft::save_adapter(model, out);
+    if (job.rank == 0) peft::save_adapter(model, out);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("saved the adapter to %s (adapter_config.json + adapter_model.safetensors); %.1f s in all\n",
+    if (job.prints()) std::printf("saved the adapter to %s (adapter_config.json + adapter_model.safetensors); %.1f s in all\n",
                 out.c_str(), seconds);
     return after > before ? 0 : 1;
   } catch (const std::exception& e) {
