@@ -70,6 +70,8 @@ std::vector<Example> examples() {
       {"VB-LoRA", [=] { return shared(peft::VBLoRAConfig().r(4).num_vectors(32).vector_length(16).init_vector_bank_bound(0.5).target_modules({"lin0", "lin1"})); }},
       {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},
       {"Lily", [=] { return shared(peft::LilyConfig().r(8).num_B(2).target_modules({"lin0", "lin1"}).init_weights(false)); }, false},
+      {"RoAd", [=] { return shared(peft::RoadConfig().variant("road_2").group_size(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"DeLoRA", [=] { return shared(peft::DeloraConfig().r(8).delora_lambda(15).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"DeFT", [=] { return shared(peft::DeftConfig().r(8).alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
   };
 }

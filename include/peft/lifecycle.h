@@ -89,7 +89,8 @@ PEFT_API void merge_and_unload(ModuleRef model, bool safe_merge = false, const s
 PEFT_API void unload(ModuleRef model);
 
 /// Per-sample adapters for the forwards of the current thread while alive: row i of each adapted layer's
-/// input uses adapter_names[i] ("__base__" for none). Python PEFT's `adapter_names=` forward argument.
+/// input uses adapter_names[i] ("__base__" for none). Python PEFT's `adapter_names=` forward argument, for the
+/// methods whose Python layers take it (LoRA, RoAd); the layers of other methods refuse it when they run.
 /// Refused in training mode or for unknown names (at construction), and, in the adapted layers, when the
 /// batch size differs, adapters are merged, or an adapter uses DoRA.
 class PEFT_API AdapterNamesPerSample {

@@ -1,9 +1,13 @@
 #include "tuners/common/dict_adapter_layer.h"
 
 #include <ATen/ops/isfinite.h>
+#include <ATen/ops/index_copy.h>
+#include <ATen/ops/index_select.h>
 #include <c10/util/Exception.h>
 
 #include <peft/error.h>
+
+#include "core/sample_routing.h"
 
 namespace peft::detail {
 
@@ -106,11 +110,41 @@ std::shared_ptr<torch::nn::Module> DictAdapterLayer::module(size_t index, const 
 
 at::Tensor DictAdapterLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
   const std::shared_ptr<const AdapterSnapshot> state = snapshot();
+  // Python's order: disabled, then per-sample adapters, then merged, then the active adapters.
+  if (supports_per_sample() && !state->disabled) {
+    if (const SampleRouting* routing = sample_routing()) return forward_per_sample(base, input, base_forward, *state, *routing);
+  }
   if (state->bypass()) return base_forward(input);
   if (sample_routing()) {
-    throw ConfigError("Per-sample adapters (AdapterNamesPerSample) are supported for LoRA only, not " + peft_type() + ".");
+    throw ConfigError("Per-sample adapters (AdapterNamesPerSample) are not supported for " + peft_type() + ".");
   }
   return forward_active(base, input, state->active, base_forward);
+}
+
+at::Tensor DictAdapterLayer::forward_rows(torch::nn::Module&, const at::Tensor&, const at::Tensor&, const AdapterRecord&) {
+  throw ConfigError("Per-sample adapters (AdapterNamesPerSample) are not supported for " + peft_type() + ".");
+}
+
+at::Tensor DictAdapterLayer::forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
+                                                const AdapterSnapshot& state, const SampleRouting& routing) {
+  // Python PEFT's _check_forward_args and _mixed_batch_forward: each group's rows replaced by its adapter's.
+  if (x.dim() == 0 || x.size(0) != static_cast<int64_t>(routing.names.size())) {
+    throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
+                      std::to_string(routing.names.size()) + " and " + std::to_string(x.dim() ? x.size(0) : 0) +
+                      " respectively.");
+  }
+  if (state.merged) {
+    throw ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
+  }
+  at::Tensor result = base_forward(x);
+  for (const auto& [name, rows] : routing.groups) {
+    const AdapterRecord* record = state.find(name);
+    if (!record) continue;  // "__base__", or an adapter this layer does not have
+    const at::Tensor index = rows.device() == x.device() ? rows : rows.to(x.device());
+    const at::Tensor updated = forward_rows(base, x.index_select(0, index), result.index_select(0, index), *record);
+    result = result.index_copy(0, index, updated.to(result.scalar_type()));
+  }
+  return result;
 }
 
 at::Tensor DictAdapterLayer::delta_weight(const AdapterRecord&) const {

@@ -75,8 +75,18 @@ class DictAdapterLayer : public AdapterLayer {
   virtual at::Tensor delta_weight(const AdapterRecord& record) const;
   /// Whether merging changes the bias too (then safe merges check it as well).
   virtual bool merge_touches_bias() const { return false; }
+  /// Per-sample adapters (AdapterNamesPerSample; Python's `adapter_names=`): methods whose Python layer has a
+  /// _mixed_batch_forward return true and implement forward_rows. The default refuses them.
+  virtual bool supports_per_sample() const { return false; }
+  /// The output rows of one per-sample group: `x` the group's input rows, `result` the same rows of the layer
+  /// output so far (the base output), `record` the group's adapter.
+  virtual at::Tensor forward_rows(torch::nn::Module& base, const at::Tensor& x, const at::Tensor& result,
+                                  const AdapterRecord& record);
 
  private:
+  at::Tensor forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
+                                const AdapterSnapshot& state, const SampleRouting& routing);
+
   const Method& method_;
   std::vector<Container> containers_;
   std::vector<torch::nn::Module*> dicts_;  // owned by the base layer (the first is the anchor, which owns this)
