@@ -71,6 +71,9 @@ std::vector<Example> examples() {
       {"LN tuning", [=] { return shared(peft::LNTuningConfig().target_modules({"norm"})); }},
       {"Lily", [=] { return shared(peft::LilyConfig().r(8).num_B(2).target_modules({"lin0", "lin1"}).init_weights(false)); }, false},
       {"DeFT", [=] { return shared(peft::DeftConfig().r(8).alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"BEFT", [=] { return shared(peft::BeftConfig().target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"GLoRA", [=] { return shared(peft::GloraConfig().r(4).config_D_E("vector").target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"Super-Tuning", [=] { return shared(peft::SupertuningConfig().sparsity(0.9).r(4).target_modules({"lin0", "lin1"}).init_weights(false)); }},
   };
 }
 
