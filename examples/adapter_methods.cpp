@@ -73,6 +73,9 @@ std::vector<Example> examples() {
       {"RoAd", [=] { return shared(peft::RoadConfig().variant("road_2").group_size(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"DeLoRA", [=] { return shared(peft::DeloraConfig().r(8).delora_lambda(15).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"DeFT", [=] { return shared(peft::DeftConfig().r(8).alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"BEFT", [=] { return shared(peft::BeftConfig().target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"GLoRA", [=] { return shared(peft::GloraConfig().r(4).config_D_E("vector").target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"Super-Tuning", [=] { return shared(peft::SupertuningConfig().sparsity(0.9).r(4).target_modules({"lin0", "lin1"}).init_weights(false)); }},
   };
 }
 
