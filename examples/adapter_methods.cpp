@@ -72,6 +72,7 @@ std::vector<Example> examples() {
       {"Lily", [=] { return shared(peft::LilyConfig().r(8).num_B(2).target_modules({"lin0", "lin1"}).init_weights(false)); }, false},
       {"DeFT", [=] { return shared(peft::DeftConfig().r(8).alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"GraLoRA", [=] { return shared(peft::GraloraConfig().r(8).gralora_k(2).hybrid_r(2).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"HiRA", [=] { return shared(peft::HiraConfig().r(4).target_modules({"lin0", "lin1", "conv"}).init_weights(false)); }},
   };
 }
 
