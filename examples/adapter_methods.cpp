@@ -76,6 +76,8 @@ std::vector<Example> examples() {
       {"BEFT", [=] { return shared(peft::BeftConfig().target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"GLoRA", [=] { return shared(peft::GloraConfig().r(4).config_D_E("vector").target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"Super-Tuning", [=] { return shared(peft::SupertuningConfig().sparsity(0.9).r(4).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"GraLoRA", [=] { return shared(peft::GraloraConfig().r(8).gralora_k(2).hybrid_r(2).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"HiRA", [=] { return shared(peft::HiraConfig().r(4).target_modules({"lin0", "lin1", "conv"}).init_weights(false)); }},
   };
 }
 
