@@ -110,6 +110,19 @@ TEST(Training, TrainableTensorsListASharedTensorOnce) {
   EXPECT_EQ(named.size() + 1, all);  // lin1's vector bank is lin0's
 }
 
+TEST(Training, MarkingAndListingNeedNoBaseValues) {
+  // A base on the meta device (no memory behind it) can be marked and its adapter listed without touching data.
+  torch::manual_seed(0);
+  Net net;
+  net->to(torch::kMeta);
+  peft::inject_adapter_in_model(peft::LoraConfig().r(2).target_modules({"lin0", "lin1"}), net, "default",
+                                /*low_cpu_mem_usage=*/true);
+  peft::mark_only_adapters_as_trainable(net, "all");
+  const peft::StateDict trainable = peft::named_trainable_tensors(net);
+  EXPECT_EQ(trainable.size(), 7u);  // 4 LoRA factors + 3 biases
+  for (const auto& item : trainable) EXPECT_TRUE(item.value().device().is_meta()) << item.key();
+}
+
 // Trains `steps` AdamW steps on fixed batches, starting at batch `first`.
 void train(Net& net, torch::optim::Optimizer& optimizer, int first, int steps) {
   for (int step = first; step < first + steps; ++step) {
