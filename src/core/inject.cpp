@@ -99,7 +99,7 @@ void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std:
       for (const std::string& full_key : full_keys) {
         auto it = by_key.find(full_key);
         if (it == by_key.end()) continue;
-        auto integer = std::find_if(integer_dtypes.begin(), integer_dtypes.end(), [&](const auto& e) { return e.first == key; });
+        auto integer = std::find_if(integer_dtypes.begin(), integer_dtypes.end(), [&k = key](const auto& e) { return e.first == k; });
         std::ostringstream line;
         if (it->second->sizes().vec() != shape) {
           line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);

@@ -77,6 +77,17 @@ peft::StateDict adapter_part(const PlannedAdapter& p, const std::string& shard) 
   for (const auto& item : p.files.weights) {
     if (!module_of_key(item.key(), modules).empty()) part.insert(item.key(), item.value());
   }
+  // Model-level tensors the layers share ("base_model.vera_A", "base_model.vblora_vector_bank") go with every
+  // shard that holds one of the layers.
+  if (!part.is_empty()) {
+    static const std::string shared_prefix = "base_model.";
+    for (const auto& item : p.files.weights) {
+      const std::string& key = item.key();
+      if (key.compare(0, shared_prefix.size(), shared_prefix) == 0 && key.compare(0, save_prefix.size(), save_prefix) != 0) {
+        part.insert(key, item.value());
+      }
+    }
+  }
   for (const auto& item : replacements) {
     auto it = p.shard_of_replacement.find(item.key());
     if (it != p.shard_of_replacement.end() && it->second == shard && !part.contains(save_prefix + item.key())) {
