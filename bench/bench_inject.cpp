@@ -124,7 +124,7 @@ void SetStateDict(benchmark::State& state, bool low_cpu, double python) {
     const auto start = Clock::now();
     peft::set_peft_model_state_dict(*model, weights, "default", low_cpu);
     total += ms_since(start);
-    const at::Tensor& a = model->named_parameters()["model.layers.0.self_attn.q_proj.lora_A.default.weight"];
+    const at::Tensor a = model->named_parameters()["model.layers.0.self_attn.q_proj.lora_A.default.weight"];  // a copy: the dict is a temporary
     shares = shares && a.data_ptr() == weights["model.layers.0.self_attn.q_proj.lora_A.weight"].data_ptr();
   }
   report(state, total, 0, python);

@@ -85,7 +85,8 @@ void inject_trained(torch::nn::Module& model, const peft::PeftConfig& config, co
 }
 
 at::Tensor delta_of(torch::nn::Module& model, const std::string& key) {
-  const at::Tensor* t = model.named_parameters().find(key);
+  const auto named = model.named_parameters();  // find() points into it: keep it alive
+  const at::Tensor* t = named.find(key);
   TORCH_CHECK(t, "no parameter ", key);
   return *t;
 }

@@ -43,7 +43,8 @@ peft::VBLoRAConfig config() {
 }
 
 at::Tensor param(const torch::nn::Module& model, const std::string& key) {
-  const at::Tensor* found = model.named_parameters().find(key);
+  const auto named = model.named_parameters();  // find() points into it: keep it alive
+  const at::Tensor* found = named.find(key);
   if (!found) throw std::runtime_error("no parameter " + key);
   return *found;
 }

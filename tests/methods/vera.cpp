@@ -39,7 +39,8 @@ peft::VeraConfig config(int64_t r = 4) {
 }
 
 at::Tensor buffer(const torch::nn::Module& model, const std::string& key) {
-  const at::Tensor* found = model.named_buffers().find(key);
+  const auto named = model.named_buffers();  // find() points into it: keep it alive
+  const at::Tensor* found = named.find(key);
   if (!found) throw std::runtime_error("no buffer " + key);
   return *found;
 }
