@@ -89,27 +89,31 @@ void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std:
   for (size_t i = 0; i < names.size(); ++i) {
     const auto integer_dtypes = pending[i]->checkpoint_integer_dtypes();
     for (const auto& [key, shape] : pending[i]->checkpoint_shapes()) {
-      std::string full_key = names[i] + "." + key;
-      // A shared tensor is checked once, under its model-level key, where the config saves it.
+      std::vector<std::string> full_keys{names[i] + "." + key};
+      // A shared tensor is checked once under its model-level key, where the config saves it (and under each
+      // layer's key too where checkpoints hold those).
       if (const auto* shared = method.shared_container(key)) {
-        if (!shared->saved(config) || !shared_checked.insert(shared->checkpoint_key()).second) continue;
-        full_key = shared->checkpoint_key();
+        if (!shared->saved(config)) continue;
+        if (!shared->layer_keys) full_keys.clear();
+        if (shared_checked.insert(shared->checkpoint_key()).second) full_keys.push_back(shared->checkpoint_key());
       }
-      auto it = by_key.find(full_key);
-      if (it == by_key.end()) continue;
-      auto integer = std::find_if(integer_dtypes.begin(), integer_dtypes.end(), [&k = key](const auto& e) { return e.first == k; });
-      std::ostringstream line;
-      if (it->second->sizes().vec() != shape) {
-        line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);
-      } else if (integer != integer_dtypes.end()) {
-        if (it->second->scalar_type() != integer->second) {
-          line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, the adapter's indices are "
-               << integer->second;
+      for (const std::string& full_key : full_keys) {
+        auto it = by_key.find(full_key);
+        if (it == by_key.end()) continue;
+        auto integer = std::find_if(integer_dtypes.begin(), integer_dtypes.end(), [&k = key](const auto& e) { return e.first == k; });
+        std::ostringstream line;
+        if (it->second->sizes().vec() != shape) {
+          line << "\n\t" << it->first << " has shape " << it->second->sizes() << ", the config gives " << at::IntArrayRef(shape);
+        } else if (integer != integer_dtypes.end()) {
+          if (it->second->scalar_type() != integer->second) {
+            line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, the adapter's indices are "
+                 << integer->second;
+          }
+        } else if (!it->second->is_floating_point()) {
+          line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, adapter weights are floating point";
         }
-      } else if (!it->second->is_floating_point()) {
-        line << "\n\t" << it->first << " holds " << it->second->scalar_type() << " values, adapter weights are floating point";
+        problems += line.str();
       }
-      problems += line.str();
     }
   }
   if (!problems.empty()) {

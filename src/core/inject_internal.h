@@ -13,4 +13,8 @@ namespace peft::detail {
 void inject_checked(const PeftConfig& config, torch::nn::Module& model, const std::string& adapter_name,
                     bool low_cpu_mem_usage, const std::optional<StateDict>& state_dict, const StateDict* weights);
 
+/// get_peft_model_state_dict, or (`for_file`) what save_adapter writes before prefixing: the same plus the
+/// model-level keys only files hold (Method::SharedContainer::layer_keys).
+StateDict adapter_state_dict(const torch::nn::Module& model, const std::string& adapter_name, bool for_file);
+
 }  // namespace peft::detail

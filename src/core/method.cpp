@@ -61,9 +61,9 @@ std::string Method::unsupported_layer_message(const torch::nn::Module& module, c
 
 std::string Method::SharedContainer::checkpoint_key() const { return kSharedPrefix + name; }
 
-void Method::shares(std::string name, std::function<bool(const PeftConfig&)> saved) {
+void Method::shares(std::string name, std::function<bool(const PeftConfig&)> saved, bool layer_keys) {
   if (!saved) saved = [](const PeftConfig&) { return true; };
-  shared_containers_.push_back({std::move(name), std::move(saved)});
+  shared_containers_.push_back({std::move(name), std::move(saved), layer_keys});
 }
 
 const Method::SharedContainer* Method::shared_container(const std::string& name) const {

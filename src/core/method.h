@@ -123,9 +123,15 @@ class Method {
   /// `base_model.<name>`, when `saved(config)` (VeRA: save_projection); otherwise it is neither saved, nor
   /// expected, nor loaded: the injection's value stands (VeRA regenerates it from projection_prng_key). Loading
   /// one of them gives every layer the same new tensor.
+  ///
+  /// With `layer_keys` (RandLoRA, whose Python tuner does not drop the layers' references from its state dict),
+  /// checkpoints hold the tensor under every layer's own key "<layer>.<name>" as well:
+  /// get_peft_model_state_dict gives those, save_adapter adds "base_model.<name>" (the tuner's entry, which
+  /// Python's save_pretrained writes too), and loading accepts any of them without expecting the model-level one.
   struct SharedContainer {
     std::string name;
     std::function<bool(const PeftConfig&)> saved;
+    bool layer_keys = false;
     /// "base_model.<name>", Python's key in get_peft_model_state_dict and adapter_model.safetensors.
     std::string checkpoint_key() const;
   };
@@ -164,7 +170,7 @@ class Method {
   void rank_keys(std::vector<std::pair<std::string, int64_t>> keys) { rank_keys_ = std::move(keys); }
   void rank_fields(RankFields fields) { rank_fields_ = std::move(fields); }
   /// Declares a shared container (see SharedContainer); `saved` defaults to always.
-  void shares(std::string name, std::function<bool(const PeftConfig&)> saved = nullptr);
+  void shares(std::string name, std::function<bool(const PeftConfig&)> saved = nullptr, bool layer_keys = false);
   /// Checks before any field is read (OFT refuses files from before its format change).
   virtual void check_file(const JsonConfigReader& in) const {}
   /// Checks of combinations of fields (each field's own checks run first).
@@ -200,8 +206,9 @@ class MethodOf : public Method {
     return ref;
   }
   /// A shared container saved when `saved(config)` holds: shares("vera_A", [](const VeraConfig& c) { ... }).
-  void shares(std::string name, std::function<bool(const Config&)> saved) {
-    Method::shares(std::move(name), [saved](const PeftConfig& c) { return saved(static_cast<const Config&>(c)); });
+  void shares(std::string name, std::function<bool(const Config&)> saved, bool layer_keys = false) {
+    Method::shares(std::move(name), [saved](const PeftConfig& c) { return saved(static_cast<const Config&>(c)); },
+                   layer_keys);
   }
   using Method::shares;
 

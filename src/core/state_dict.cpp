@@ -16,6 +16,7 @@
 
 #include <peft/error.h>
 
+#include "core/inject_internal.h"
 #include "core/model_adapters.h"
 #include "core/module_walk.h"
 #include "core/tensor_slots.h"
@@ -51,15 +52,18 @@ const at::Tensor& slot_tensor(const Slot& s) {
 // The adapter's own tensors by checkpoint key, in module order. A tensor the adapter shares between its layers
 // (Method::SharedContainer) is one key, "base_model.<container>", with a slot in every layer that holds it.
 struct AdapterSlots {
+  // A layer's own key; a shared tensor's model-level key; the model-level key of a shared container with
+  // layer_keys, which only files hold (written by save_adapter, never expected on load).
+  enum Kind { LAYER, SHARED, FILE_ONLY };
   std::vector<std::string> order;
   std::unordered_map<std::string, std::vector<Slot>> by_key;
-  std::unordered_map<std::string, bool> shared;
+  std::unordered_map<std::string, Kind> kind;
 
-  void add(const std::string& key, Slot slot, bool is_shared) {
+  void add(const std::string& key, Slot slot, Kind key_kind) {
     auto& slots = by_key[key];
     if (slots.empty()) {
       order.push_back(key);
-      shared[key] = is_shared;
+      kind[key] = key_kind;
     }
     slots.push_back(std::move(slot));
   }
@@ -69,6 +73,8 @@ struct AdapterSlots {
 // does not save (VeRA without save_projection) are left out.
 void add_adapter_slots(AdapterSlots& out, const std::vector<AdaptedLayer>& layers, const std::string& adapter,
                        const PeftConfig& config, bool copies) {
+  // Layer keys of shared containers with layer_keys: each names the one tensor, so it goes to every slot of it.
+  std::vector<std::pair<std::string, std::string>> layer_keys_of_shared;  // (layer key, model-level key)
   for (const AdaptedLayer& layer : layers) {
     if (detail::is_modules_to_save(*layer.adapters) != copies) continue;
     const detail::Method* method = copies ? nullptr : detail::find_method(layer.adapters->peft_type());
@@ -76,13 +82,20 @@ void add_adapter_slots(AdapterSlots& out, const std::vector<AdaptedLayer>& layer
       Slot slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true};
       const auto* shared = method ? method->shared_container(t.key) : nullptr;
       if (!shared) {
-        out.add(join(layer.name, t.key), std::move(slot), false);
+        out.add(join(layer.name, t.key), std::move(slot), AdapterSlots::LAYER);
       } else if (shared->saved(config)) {
+        if (shared->layer_keys) {
+          const std::string key = join(layer.name, t.key);
+          out.add(key, slot, AdapterSlots::LAYER);
+          layer_keys_of_shared.emplace_back(key, shared->checkpoint_key());
+        }
         slot.model_key = shared->checkpoint_key();
-        out.add(shared->checkpoint_key(), std::move(slot), true);
+        out.add(shared->checkpoint_key(), std::move(slot),
+                shared->layer_keys ? AdapterSlots::FILE_ONLY : AdapterSlots::SHARED);
       }
     }
   }
+  for (const auto& [key, model_level] : layer_keys_of_shared) out.by_key[key] = out.by_key[model_level];
 }
 
 // Base-model tensors by every name a checkpoint may use for them.
@@ -117,17 +130,19 @@ std::string shape_text(at::IntArrayRef sizes) {
 
 }  // namespace
 
-StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string& adapter_name) {
-  const torch::nn::Module& model = model_ref.get();
+namespace detail {
+
+StateDict adapter_state_dict(const torch::nn::Module& model, const std::string& adapter_name, bool for_file) {
   const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   AdapterSlots slots;
   add_adapter_slots(slots, layers, adapter_name, *config, /*copies=*/false);
   StateDict out;
   // The layers' tensors, then (as Python's tuners add them) the shared ones.
-  for (bool shared : {false, true}) {
+  for (AdapterSlots::Kind kind : {AdapterSlots::LAYER, AdapterSlots::SHARED, AdapterSlots::FILE_ONLY}) {
+    if (kind == AdapterSlots::FILE_ONLY && !for_file) continue;
     for (const std::string& key : slots.order) {
-      if (slots.shared[key] == shared) out.insert(key, slot_tensor(slots.by_key[key].front()));
+      if (slots.kind[key] == kind) out.insert(key, slot_tensor(slots.by_key[key].front()));
     }
   }
 
@@ -158,6 +173,12 @@ StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string&
     }
   }
   return out;
+}
+
+}  // namespace detail
+
+StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string& adapter_name) {
+  return detail::adapter_state_dict(model_ref.get(), adapter_name, /*for_file=*/false);
 }
 
 LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given, const std::string& adapter_name,
@@ -237,7 +258,7 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given
     throw StateDictError(message);
   }
   for (const std::string& key : adapter.order) {
-    if (!provided.count(key)) result.missing_keys.push_back(key);
+    if (!provided.count(key) && adapter.kind[key] != AdapterSlots::FILE_ONLY) result.missing_keys.push_back(key);
   }
 
   at::NoGradGuard no_grad;

@@ -101,7 +101,7 @@ void save_adapter(ConstModuleRef model_ref, const std::string& directory, const 
   }
   StateDict prefixed;
   const detail::Method& method = detail::require_method(config->peft_type());
-  for (const auto& item : get_peft_model_state_dict(model, adapter_name)) {
+  for (const auto& item : detail::adapter_state_dict(model, adapter_name, /*for_file=*/true)) {
     // Model-level keys (an adapter's shared tensors, "base_model.vera_A") are written as they are, as Python does.
     const bool model_level = method.shared_container_of_key(item.key()) != nullptr;
     prefixed.insert(model_level ? item.key() : "base_model.model." + item.key(), item.value());
