@@ -114,7 +114,11 @@ TEST(Training, MarkingAndListingNeedNoBaseValues) {
   // A base on the meta device (no memory behind it) can be marked and its adapter listed without touching data.
   torch::manual_seed(0);
   Net net;
-  net->to(torch::kMeta);
+  torch::OrderedDict<std::string, at::Tensor> meta;
+  for (const auto& item : net->named_parameters()) {
+    meta.insert(item.key(), torch::empty(item.value().sizes(), torch::TensorOptions().device(torch::kMeta)));
+  }
+  peft::assign_tensors(*net, meta);
   peft::inject_adapter_in_model(peft::LoraConfig().r(2).target_modules({"lin0", "lin1"}), net, "default",
                                 /*low_cpu_mem_usage=*/true);
   peft::mark_only_adapters_as_trainable(net, "all");
