@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   libtorch-dev            # LibTorch 1.13.1
+  libgloo-dev             # Gloo's headers, which LibTorch's c10d ProcessGroupGloo.hpp includes (peft::distributed)
   libopenblas0-pthread    # Debian's default reference BLAS makes LibTorch matmuls ~17x slower
   nlohmann-json3-dev      # adapter_config.json, safetensors headers
   libpcre2-dev            # Python-compatible regular expressions for target_modules
