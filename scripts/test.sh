@@ -4,7 +4,7 @@
 #     unit tests, Python PEFT parity, examples, the peft-cpp tool, the installed package (benchmarks built,
 #     not run);
 #  2. with clang under AddressSanitizer + UndefinedBehaviorSanitizer and -DPEFT_INTERPOSE=OFF (drop-in layers
-#     only, the portable core): the same tests, plus a short run of each fuzzer (PEFT_FUZZ_SECONDS, default 45);
+#     only, the portable core): the same tests, plus a short run of each fuzzer (PEFT_FUZZ_SECONDS, default 20);
 #  3. with clang under ThreadSanitizer: the threading promise of <peft/lifecycle.h> (tests/test_threads.cpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ rm -rf "$sanitize"
 # Line tables are all a sanitizer report needs; full debug info of LibTorch's headers only slows the build.
 CC=clang CXX=clang++ cmake -S . -B "$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DPEFT_UNITY_BUILD=ON -DPEFT_SANITIZE=ON -DPEFT_FUZZ=ON \
-  -DPEFT_INTERPOSE=OFF -DPEFT_BUILD_EXAMPLES=ON -DPEFT_BUILD_BENCH=OFF -DPEFT_FUZZ_SECONDS="${PEFT_FUZZ_SECONDS:-45}"
+  -DPEFT_INTERPOSE=OFF -DPEFT_BUILD_EXAMPLES=ON -DPEFT_BUILD_BENCH=OFF -DPEFT_FUZZ_SECONDS="${PEFT_FUZZ_SECONDS:-20}"
 cmake --build "$sanitize" -j"$jobs"
 ctest --test-dir "$sanitize" --output-on-failure -j"$jobs"
 
