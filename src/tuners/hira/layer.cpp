@@ -25,6 +25,7 @@
 #include "tuners/common/conv_functional.h"
 #include "tuners/common/dict_adapter_layer.h"
 #include "tuners/common/layer_checks.h"
+#include "tuners/common/merge_from_original.h"
 #include "tuners/common/pending_adapter.h"
 #include "tuners/hira/layer.h"
 
@@ -120,28 +121,8 @@ class HiraLayer final : public DictAdapterLayer {
   }
 
  private:
-  friend class PendingHiraMerge;
-
   at::Tensor pending_original_;  // the merge being prepared: the weight before the first merge
   at::Tensor original_;          // kept from the first merge until the unmerge (CPU); guarded by mutex_
-};
-
-// A merge that, once committed, keeps the weight from before the first merge.
-class PendingHiraMerge final : public PendingChange {
- public:
-  PendingHiraMerge(std::unique_ptr<PendingChange> merge, HiraLayer& layer, at::Tensor original)
-      : merge_(std::move(merge)), layer_(layer), original_(std::move(original)) {}
-
-  void commit() override {
-    merge_->commit();
-    std::lock_guard<std::mutex> lock(layer_.mutex_);
-    layer_.original_ = original_;
-  }
-
- private:
-  std::unique_ptr<PendingChange> merge_;
-  HiraLayer& layer_;
-  at::Tensor original_;
 };
 
 std::unique_ptr<PendingChange> HiraLayer::prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
@@ -153,17 +134,8 @@ std::unique_ptr<PendingChange> HiraLayer::prepare_merge(torch::nn::Module& base,
   }
   const at::Tensor weight = base_layer().weight().detach();
   if (!original.defined() && !weight.device().is_meta()) original = weight.clone().cpu();
-  pending_original_ = original;
-  std::unique_ptr<PendingChange> merge;
-  try {
-    merge = DictAdapterLayer::prepare_merge(base, names, safe_merge);
-  } catch (...) {
-    pending_original_ = at::Tensor();
-    throw;
-  }
-  pending_original_ = at::Tensor();
-  if (!merge) return nullptr;
-  return std::make_unique<PendingHiraMerge>(std::move(merge), *this, std::move(original));
+  return prepare_merge_from_original(std::move(original), pending_original_, mutex_, original_,
+                                     [&] { return DictAdapterLayer::prepare_merge(base, names, safe_merge); });
 }
 
 class HiraBuilder final : public BuilderOf<HiraConfig> {

@@ -13,6 +13,7 @@
 
 #include "core/module_access.h"
 #include "core/tensor_slots.h"
+#include "tuners/common/merge_from_original.h"
 #include "tuners/common/pending_adapter.h"
 #include "tuners/peanut/activation.h"
 #include "tuners/peanut/layer.h"
@@ -76,8 +77,6 @@ class PeanutLayer final : public DictAdapterLayer {
   }
 
  private:
-  friend class PendingPeanutMerge;
-
   /// The layer's Linear weights in a ModuleList container, in order.
   std::vector<at::Tensor> list_weights(size_t index, const std::string& adapter) const {
     std::vector<at::Tensor> out;
@@ -109,24 +108,6 @@ class PeanutLayer final : public DictAdapterLayer {
   at::Tensor before_merge_;      // the weight before the first merge, until unmerged
 };
 
-// A merge that, once committed, keeps the weight from before the first merge for the unmerge.
-class PendingPeanutMerge final : public PendingChange {
- public:
-  PendingPeanutMerge(std::unique_ptr<PendingChange> merge, PeanutLayer& layer, at::Tensor original)
-      : merge_(std::move(merge)), layer_(layer), original_(std::move(original)) {}
-
-  void commit() override {
-    merge_->commit();
-    std::lock_guard<std::mutex> lock(layer_.mutex_);
-    layer_.before_merge_ = original_;
-  }
-
- private:
-  std::unique_ptr<PendingChange> merge_;
-  PeanutLayer& layer_;
-  at::Tensor original_;
-};
-
 std::unique_ptr<PendingChange> PeanutLayer::prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
                                                           bool safe_merge) {
   at::Tensor original;
@@ -138,17 +119,8 @@ std::unique_ptr<PendingChange> PeanutLayer::prepare_merge(torch::nn::Module& bas
   if (first) original = at::Tensor();
   const at::Tensor weight = base_layer().weight().detach();
   if (!original.defined()) original = weight.device().is_meta() ? weight : weight.clone();
-  pending_original_ = original;
-  std::unique_ptr<PendingChange> merge;
-  try {
-    merge = DictAdapterLayer::prepare_merge(base, names, safe_merge);
-  } catch (...) {
-    pending_original_ = at::Tensor();
-    throw;
-  }
-  pending_original_ = at::Tensor();
-  if (!merge) return nullptr;
-  return std::make_unique<PendingPeanutMerge>(std::move(merge), *this, original);
+  return prepare_merge_from_original(std::move(original), pending_original_, mutex_, before_merge_,
+                                     [&] { return DictAdapterLayer::prepare_merge(base, names, safe_merge); });
 }
 
 class PeanutBuilder final : public BuilderOf<PeanutConfig> {
