@@ -56,14 +56,17 @@ std::shared_ptr<const PeftConfig> require_adapter(const torch::nn::Module& model
                          (adapters.empty() ? std::string("no adapters") : "the adapters " + adapters.names_text()) + ".");
 }
 
-void freeze_base_and_train_biases(torch::nn::Module& model, const std::vector<AdaptedLayer>& layers,
-                                  const std::string& bias, const std::string& peft_type) {
+void freeze_base(torch::nn::Module& model) {
   // The walk does not enter adapter containers, so this costs the same however many adapters the model has.
   walk_modules(model, [](const ModuleVisit& v) {
     for (auto& param : parameters_of(v.module)) {
       if (param.value().defined() && param.value().requires_grad()) param.value().set_requires_grad(false);
     }
   });
+}
+
+void train_biases(torch::nn::Module& model, const std::vector<AdaptedLayer>& layers, const std::string& bias,
+                  const std::string& peft_type) {
   if (bias == "all") {
     for (const auto& param : model.named_parameters()) {
       const std::string& key = param.key();
@@ -88,7 +91,8 @@ void activate_after_injection(torch::nn::Module& model, const std::string& adapt
   }
   // Biases train per `bias` unless the adapter is loaded for inference. (Python PEFT leaves them trainable
   // even then; an inference-mode adapter that trains part of the base model is not useful.)
-  freeze_base_and_train_biases(model, layers, config.inference_mode() ? "none" : config.bias_mode(), config.peft_type());
+  freeze_base(model);
+  train_biases(model, layers, config.inference_mode() ? "none" : config.bias_mode(), config.peft_type());
 }
 
 }  // namespace peft::detail

@@ -50,10 +50,11 @@ std::shared_ptr<const PeftConfig> require_adapter(const torch::nn::Module& model
 /// set_adapter + _mark_only_adapters_as_trainable).
 void activate_after_injection(torch::nn::Module& model, const std::string& adapter, const PeftConfig& config);
 
-/// Every parameter of the model itself (not of adapter containers) stops requiring grad; then the biases `bias`
-/// names train: "none", "all" (every parameter named bias), or "<method>_only" (the biases of the layers
-/// carrying `peft_type` adapters).
-void freeze_base_and_train_biases(torch::nn::Module& model, const std::vector<AdaptedLayer>& layers,
-                                  const std::string& bias, const std::string& peft_type);
+/// Every parameter of the model itself (not of adapter containers) stops requiring grad.
+void freeze_base(torch::nn::Module& model);
+/// The biases `bias` names train: "none", "all" (every parameter named bias), or "<method>_only" (the biases of
+/// the layers carrying `peft_type` adapters).
+void train_biases(torch::nn::Module& model, const std::vector<AdaptedLayer>& layers, const std::string& bias,
+                  const std::string& peft_type);
 
 }  // namespace peft::detail

@@ -33,12 +33,12 @@ void mark_only_adapters_as_trainable(ModuleRef model_ref, const std::optional<st
     layer.adapters->set_active_adapters(*layer.module, names, /*inference_mode=*/false);
     if (!detail::is_modules_to_save(*layer.adapters)) active.insert(names.begin(), names.end());
   }
-  detail::freeze_base_and_train_biases(model, layers, "none", "");
+  detail::freeze_base(model);
   for (const std::string& name : active) {
     const std::shared_ptr<const PeftConfig> config = adapters.config(name);
     if (!config) continue;
     const std::string mode = bias ? *bias : config->bias_mode();
-    if (mode != "none") detail::freeze_base_and_train_biases(model, layers, mode, config->peft_type());
+    detail::train_biases(model, layers, mode, config->peft_type());  // biases only ever added: several adapters' modes combine
   }
 }
 
