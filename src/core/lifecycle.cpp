@@ -328,4 +328,15 @@ thread_local const AdapterNamesPerSample::Routing* tls_routing = nullptr;
 const AdapterNamesPerSample::Routing* current_sample_routing() { return tls_routing; }
 void set_current_sample_routing(const AdapterNamesPerSample::Routing* routing) { tls_routing = routing; }
 
+void check_sample_routing(const at::Tensor& x, const AdapterNamesPerSample::Routing& routing, bool merged) {
+  if (x.dim() == 0 || x.size(0) != static_cast<int64_t>(routing.names.size())) {
+    throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
+                      std::to_string(routing.names.size()) + " and " + std::to_string(x.dim() ? x.size(0) : 0) +
+                      " respectively.");
+  }
+  if (merged) {
+    throw ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
+  }
+}
+
 }  // namespace peft::detail

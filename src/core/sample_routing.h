@@ -33,4 +33,8 @@ namespace peft::detail {
 const AdapterNamesPerSample::Routing* current_sample_routing();
 void set_current_sample_routing(const AdapterNamesPerSample::Routing* routing);
 
+/// Python PEFT's _check_forward_args for adapter_names: one name per row of `x`, and no merged adapter
+/// (`merged`) on the layer; ConfigError with Python's texts otherwise.
+void check_sample_routing(const at::Tensor& x, const AdapterNamesPerSample::Routing& routing, bool merged);
+
 }  // namespace peft::detail

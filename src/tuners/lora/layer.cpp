@@ -279,14 +279,7 @@ at::Tensor LoraLayer::lora_branch(torch::nn::Module& base, const LoraAdapter& a,
 at::Tensor LoraLayer::forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,
                                          const AdapterSnapshot& state, const SampleRouting& routing) {
   // Python PEFT's _check_forward_args and _mixed_batch_forward: one pair of products per adapter group.
-  if (x.dim() == 0 || x.size(0) != static_cast<int64_t>(routing.names.size())) {
-    throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
-                      std::to_string(routing.names.size()) + " and " + std::to_string(x.dim() ? x.size(0) : 0) +
-                      " respectively.");
-  }
-  if (state.merged) {
-    throw ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first.");
-  }
+  check_sample_routing(x, routing, state.merged);
   auto find = [&](const std::string& name) -> const LoraAdapter* {
     const AdapterRecord* record = state.find(name);
     return record ? &lora(*record) : nullptr;

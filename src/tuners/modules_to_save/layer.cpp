@@ -89,11 +89,7 @@ at::Tensor ModulesToSaveLayer::forward_per_sample(const at::Tensor& input, BaseF
     throw ConfigError("Mixed batching is only supported for the following modules: Linear, Embedding, Conv1d, "
                       "Conv2d, Conv3d.");
   }
-  if (input.dim() == 0 || input.size(0) != static_cast<int64_t>(routing.names.size())) {
-    throw ConfigError("Length of `adapter_names` should be the same as the number of inputs, but got " +
-                      std::to_string(routing.names.size()) + " and " + std::to_string(input.dim() ? input.size(0) : 0) +
-                      " respectively.");
-  }
+  check_sample_routing(input, routing, /*merged=*/false);  // a saved copy is never merged
   at::Tensor result;
   for (const auto& [name, rows] : routing.groups) {
     const at::Tensor index = rows.device() == input.device() ? rows : rows.to(input.device());
