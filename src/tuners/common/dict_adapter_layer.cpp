@@ -189,8 +189,7 @@ std::unique_ptr<PendingChange> DictAdapterLayer::prepare_merge(torch::nn::Module
   at::NoGradGuard no_grad;
   auto pending = std::make_unique<PendingDictMerge>();
   pending->layer = this;
-  at::Tensor weight = base.weight().detach(), bias = base.bias();
-  if (bias.defined()) bias = bias.detach();
+  auto [weight, bias] = detached_weight_and_bias();
   for (const auto& record : records) {
     std::tie(weight, bias) = merge_step(weight, bias, *record);
     if (safe_merge) {
@@ -207,13 +206,18 @@ std::unique_ptr<PendingChange> DictAdapterLayer::prepare_merge(torch::nn::Module
   return pending;
 }
 
+std::pair<at::Tensor, at::Tensor> DictAdapterLayer::detached_weight_and_bias() const {
+  const BaseLayer& base = base_layer();
+  const at::Tensor bias = base.bias();
+  return {base.weight().detach(), bias.defined() ? bias.detach() : bias};
+}
+
 void DictAdapterLayer::unmerge(torch::nn::Module&) {
   at::NoGradGuard no_grad;
   std::lock_guard<std::mutex> lock(mutex_);
   if (merged_.empty()) return;
   const BaseLayer& base = base_layer();
-  at::Tensor weight = base.weight().detach(), bias = base.bias();
-  if (bias.defined()) bias = bias.detach();
+  auto [weight, bias] = detached_weight_and_bias();
   while (!merged_.empty()) {
     const std::string name = merged_.back();
     merged_.pop_back();

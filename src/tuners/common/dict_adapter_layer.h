@@ -61,6 +61,9 @@ class DictAdapterLayer : public AdapterLayer {
   bool has_param(size_t index, const std::string& adapter) const;
   std::shared_ptr<torch::nn::Module> module(size_t index, const std::string& adapter) const;
 
+  /// The base layer's weight and bias (undefined when it has none), detached: what merges start from.
+  std::pair<at::Tensor, at::Tensor> detached_weight_and_bias() const;
+
  protected:
   /// The layer output with these adapters active (not disabled, not merged).
   virtual at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active, BaseForward base_forward) = 0;

@@ -119,8 +119,7 @@ class GloraLayer final : public DictAdapterLayer {
     const BaseLayer& base = base_layer();
     if (base.weight().device().is_meta()) throw MergeError("Cannot merge into a layer whose weight is on the meta device.");
     at::NoGradGuard no_grad;
-    at::Tensor w0 = base.weight().detach(), b0 = base.bias();
-    if (b0.defined()) b0 = b0.detach();
+    auto [w0, b0] = detached_weight_and_bias();
     if (!merged.empty()) std::tie(w0, b0) = original(w0, b0, merged);
     at::Tensor weight = w0.clone();
     at::Tensor bias = b0.defined() ? b0.clone() : b0;
@@ -145,8 +144,7 @@ class GloraLayer final : public DictAdapterLayer {
     std::lock_guard<std::mutex> lock(mutex_);
     if (merged_.empty()) return;
     const BaseLayer& base = base_layer();
-    at::Tensor weight = base.weight().detach(), bias = base.bias();
-    if (bias.defined()) bias = bias.detach();
+    auto [weight, bias] = detached_weight_and_bias();
     std::tie(weight, bias) = original(weight, bias, merged_);
     base.weight().set_data(weight.contiguous());
     if (bias.defined()) base.bias().set_data(bias.contiguous());

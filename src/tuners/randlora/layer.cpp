@@ -10,7 +10,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
-#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
@@ -21,6 +20,7 @@
 
 #include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/common/shared_basis_layer.h"
 #include "tuners/randlora/layer.h"
 
 namespace peft::detail::randlora {
@@ -29,43 +29,36 @@ namespace {
 /// Python's num_bases: enough bases of rank r for a full-rank update of the smaller side.
 int64_t bases_for(int64_t min_dim, int64_t r) { return (min_dim + r - 1) / r; }
 
-struct Record : AdapterRecord {
-  using AdapterRecord::AdapterRecord;
-  double scaling = 1;
-  double dropout = 0;
-};
+/// Half-precision matmuls are slow or missing on CPU: Python uses such bases in float32 there.
+bool half_on_cpu(c10::ScalarType dtype, const c10::Device& device) {
+  return device.is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
+}
 
-class RandLoraLayer final : public DictAdapterLayer {
+class RandLoraLayer final : public SharedBasisLayer {
  public:
-  enum Index : size_t { LAMBDA, GAMMA, A, B };
+  static constexpr Index LAMBDA = FIRST, GAMMA = SECOND;
 
   RandLoraLayer(const LayerRequest& request, const Method& method)
-      : DictAdapterLayer(request, method,
-                         {{"randlora_lambda"},
-                          {"randlora_gamma"},
-                          // Frozen, shared with the adapter's other layers (Method::shares).
-                          {"randlora_A", false, true, /*holds_buffers=*/true},
-                          {"randlora_B", false, true, /*holds_buffers=*/true}}) {}
+      : SharedBasisLayer(request, method, "randlora", "randlora_lambda", "randlora_gamma",
+                         /*restore_result_dtype=*/false) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
-                            BaseForward base_forward) override {
-    const c10::ScalarType previous = x.scalar_type();
-    at::Tensor result = base_forward(x);
-    at::Tensor input = x;
-    for (const auto& r : active) {
-      const auto& record = static_cast<const Record&>(*r);
-      const auto [first, second] = scaled_bases(record.name, input.device());
-      // Python casts the input to the bases' dtype and keeps it for the following adapters.
-      input = input.to(first.scalar_type());
-      const at::Tensor dropped = record.dropout > 0 ? at::dropout(input, record.dropout, base.is_training()) : input;
-      result = result + at::linear(at::linear(dropped, first), second) * record.scaling;
-    }
-    return result.to(previous);
+  // The dtype of the factor scaled_bases applies first.
+  c10::ScalarType compute_dtype(const std::string& adapter, const c10::Device& device) const override {
+    const c10::ScalarType b = param(B, adapter).scalar_type();
+    if (half_on_cpu(b, device)) return at::kFloat;
+    if (base_layer().in_features > base_layer().out_features) return b;  // then the B basis comes first
+    return c10::promoteTypes(c10::promoteTypes(param(LAMBDA, adapter).scalar_type(), param(A, adapter).scalar_type()),
+                             param(GAMMA, adapter).scalar_type());
+  }
+
+  at::Tensor adapter_output(const SharedBasisRecord& record, const at::Tensor& input) const override {
+    const auto [first, second] = scaled_bases(record.name, input.device());
+    return at::linear(at::linear(input, first), second) * record.scaling;
   }
 
   at::Tensor delta_weight(const AdapterRecord& r) const override {
-    const auto& record = static_cast<const Record&>(r);
+    const auto& record = static_cast<const SharedBasisRecord&>(r);
     const auto [first, second] = scaled_bases(record.name, param(B, record.name).device());
     at::Tensor delta = at::mm(second, first);
     if (base_layer().fan_in_fan_out) delta = delta.t();
@@ -79,8 +72,7 @@ class RandLoraLayer final : public DictAdapterLayer {
   std::pair<at::Tensor, at::Tensor> scaled_bases(const std::string& adapter, const c10::Device& device) const {
     at::Tensor a = param(A, adapter), b = param(B, adapter);
     at::Tensor lambda = param(LAMBDA, adapter).to(device), gamma = param(GAMMA, adapter).to(device);
-    const c10::ScalarType dtype = b.scalar_type();
-    if (device.is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16)) {
+    if (half_on_cpu(b.scalar_type(), device)) {
       a = a.to(at::kFloat), b = b.to(at::kFloat), lambda = lambda.to(at::kFloat), gamma = gamma.to(at::kFloat);
     }
     const int64_t in = base_layer().in_features, out = base_layer().out_features;
@@ -123,18 +115,13 @@ class RandLoraBuilder final : public BuilderOf<RandLoraConfig> {
   // registers these same two tensors.
   void plan(const std::vector<LayerRequest>& requests) override {
     if (requests.empty()) return;
-    int64_t in = 0, out = 0;
-    for (const LayerRequest& request : requests) {
-      in = std::max(in, request.base.in_features);
-      out = std::max(out, request.base.out_features);
-    }
+    const SharedBasisPlan plan = plan_shared_bases(requests, config_.save_projection());
+    const at::TensorOptions& options = plan.options;
     const int64_t r = config_.r();
-    const int64_t max_dim = std::max(in, out), min_dim = std::min(in, out);
+    const int64_t max_dim = std::max(plan.in_features, plan.out_features);
+    const int64_t min_dim = std::min(plan.in_features, plan.out_features);
     const int64_t bases = bases_for(min_dim, r);
-    // Loaded from the checkpoint when it holds them; otherwise they must have their values now.
-    const bool loaded = requests.front().low_cpu_mem_usage && config_.save_projection();
-    const at::TensorOptions options = adapter_options(requests.front().base, loaded);
-    if (!materialised(options)) {
+    if (!plan.materialise) {
       a_ = at::empty({r, 1, min_dim}, options);
       b_ = at::empty({max_dim, bases, r}, options);
       return;
@@ -166,7 +153,7 @@ class RandLoraBuilder final : public BuilderOf<RandLoraConfig> {
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
     align_fan_in_fan_out(base, config_.fan_in_fan_out());
-    auto record = std::make_shared<Record>(request.adapter_name);
+    auto record = std::make_shared<SharedBasisRecord>(request.adapter_name);
     record->dropout = config_.randlora_dropout();
     record->scaling = static_cast<double>(config_.randlora_alpha()) / static_cast<double>(config_.r());
 

@@ -7,7 +7,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
@@ -15,46 +14,29 @@
 
 #include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/common/shared_basis_layer.h"
 #include "tuners/vera/layer.h"
 
 namespace peft::detail::vera {
 namespace {
 
-struct Record : AdapterRecord {
-  using AdapterRecord::AdapterRecord;
-  double dropout = 0;
-};
-
-class VeraLayer final : public DictAdapterLayer {
+class VeraLayer final : public SharedBasisLayer {
  public:
-  enum Index : size_t { LAMBDA_B, LAMBDA_D, A, B };
+  static constexpr Index LAMBDA_B = FIRST, LAMBDA_D = SECOND;
 
   VeraLayer(const LayerRequest& request, const Method& method)
-      : DictAdapterLayer(request, method,
-                         {{"vera_lambda_b"},
-                          {"vera_lambda_d"},
-                          // Frozen, shared with the adapter's other layers (Method::shares).
-                          {"vera_A", false, true, /*holds_buffers=*/true},
-                          {"vera_B", false, true, /*holds_buffers=*/true}}) {}
+      : SharedBasisLayer(request, method, "vera", "vera_lambda_b", "vera_lambda_d", /*restore_result_dtype=*/true) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
-                            BaseForward base_forward) override {
-    const c10::ScalarType previous = x.scalar_type();
-    at::Tensor result = base_forward(x);
-    const c10::ScalarType result_type = result.scalar_type();
-    at::Tensor input = x;
-    for (const auto& r : active) {
-      const auto& record = static_cast<const Record&>(*r);
-      const at::Tensor& lambda_b = param(LAMBDA_B, record.name);
-      const at::Tensor& lambda_d = param(LAMBDA_D, record.name);
-      const auto [a, b] = slices(record.name, lambda_d.options().device(input.device()));
-      // Python casts the input to the adapter's dtype and keeps it for the following adapters.
-      input = input.to(lambda_d.scalar_type());
-      const at::Tensor dropped = record.dropout > 0 ? at::dropout(input, record.dropout, base.is_training()) : input;
-      result = result + lambda_b * at::linear(lambda_d * at::linear(dropped, a), b);
-    }
-    return result.to(result_type).to(previous);
+  c10::ScalarType compute_dtype(const std::string& adapter, const c10::Device&) const override {
+    return param(LAMBDA_D, adapter).scalar_type();
+  }
+
+  at::Tensor adapter_output(const SharedBasisRecord& record, const at::Tensor& input) const override {
+    const at::Tensor& lambda_b = param(LAMBDA_B, record.name);
+    const at::Tensor& lambda_d = param(LAMBDA_D, record.name);
+    const auto [a, b] = slices(record.name, lambda_d.options().device(input.device()));
+    return lambda_b * at::linear(lambda_d * at::linear(input, a), b);
   }
 
   at::Tensor delta_weight(const AdapterRecord& record) const override {
@@ -101,30 +83,23 @@ class VeraBuilder final : public BuilderOf<VeraConfig> {
   // adapter registers these same two tensors.
   void plan(const std::vector<LayerRequest>& requests) override {
     if (requests.empty()) return;
-    int64_t in = 0, out = 0;
-    for (const LayerRequest& request : requests) {
-      in = std::max(in, request.base.in_features);
-      out = std::max(out, request.base.out_features);
-    }
-    const int64_t r = config_.r();
-    // Loaded from the checkpoint when it holds them; otherwise they must have their values now.
-    const bool loaded = requests.front().low_cpu_mem_usage && config_.save_projection();
-    const at::TensorOptions options = adapter_options(requests.front().base, loaded);
-    if (!materialised(options)) {
-      a_ = at::empty({r, in}, options);
-      b_ = at::empty({out, r}, options);
+    const SharedBasisPlan plan = plan_shared_bases(requests, config_.save_projection());
+    const int64_t r = config_.r(), in = plan.in_features, out = plan.out_features;
+    if (!plan.materialise) {
+      a_ = at::empty({r, in}, plan.options);
+      b_ = at::empty({out, r}, plan.options);
       return;
     }
     // Python: torch.Generator().manual_seed(projection_prng_key), vera_A drawn first, then vera_B.
     at::Generator generator = at::detail::createCPUGenerator(static_cast<uint64_t>(config_.projection_prng_key()));
-    a_ = kaiming_uniform(r, in, generator).to(options);
-    b_ = kaiming_uniform(out, r, generator).to(options);
+    a_ = kaiming_uniform(r, in, generator).to(plan.options);
+    b_ = kaiming_uniform(out, r, generator).to(plan.options);
   }
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override {
     const BaseLayer& base = request.base;
     align_fan_in_fan_out(base, config_.fan_in_fan_out());
-    auto record = std::make_shared<Record>(request.adapter_name);
+    auto record = std::make_shared<SharedBasisRecord>(request.adapter_name);
     record->dropout = config_.vera_dropout();
 
     const at::TensorOptions options = adapter_options(base, request.low_cpu_mem_usage);
