@@ -234,4 +234,50 @@ INSTANTIATE_TEST_SUITE_P(
     UnsupportedLayerName());
 
 }  // namespace
+
+std::string config_error(const nlohmann::json& adapter_config) {
+  try {
+    peft::config_from_json_string(adapter_config.dump())->validate();
+  } catch (const peft::ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+OneLinear seeded_one_linear(bool bias) {
+  torch::manual_seed(0);
+  OneLinear model(5, 6, bias);
+  model->eval();
+  return model;
+}
+
+void expect_conv1d_matches_linear_form(const peft::PeftConfig& config,
+                                       const std::function<void(torch::nn::Module&)>& before_merge) {
+  WarningCapture warnings;
+  struct ConvModelImpl : torch::nn::Module {
+    GPT2Conv1D conv{nullptr};
+    ConvModelImpl() { conv = register_module("lin", GPT2Conv1D(8, 6)); }  // in 6, out 8
+  };
+  torch::manual_seed(0);
+  auto conv_model = std::make_shared<ConvModelImpl>();
+  OneLinear linear_model(6, 8);
+  {
+    torch::NoGradGuard no_grad;
+    linear_model->lin->weight.copy_(conv_model->conv->weight.t());
+    linear_model->lin->bias.copy_(conv_model->conv->bias);
+  }
+  const at::Tensor x = torch::randn({3, 6});
+  torch::manual_seed(4);
+  peft::inject_adapter_in_model(config, linear_model);
+  torch::manual_seed(4);
+  peft::inject_adapter_in_model(config, conv_model);
+  EXPECT_TRUE(warnings.contains("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting "
+                                "fan_in_fan_out to True."));
+  if (before_merge) before_merge(*conv_model);
+  const at::Tensor expected = linear_model->forward(x);
+  EXPECT_LT(max_abs_diff(conv_model->conv->forward(x), expected), 1e-5);
+  peft::merge_and_unload(conv_model);
+  EXPECT_LT(max_abs_diff(conv_model->conv->forward(x), expected), 1e-5);
+}
+
 }  // namespace peft_test

@@ -25,24 +25,9 @@ INSTANTIATE_TEST_SUITE_P(Beft, UnsupportedLayers,
                          testing::Values(UnsupportedLayer{"BEFT", "emb"}, UnsupportedLayer{"BEFT", "conv1d"}),
                          UnsupportedLayerName());
 
-// x (2, 5) -> lin (5 -> 6), with or without a bias
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  explicit OneLinearImpl(bool bias) { lin = register_module("lin", nn::Linear(torch::nn::LinearOptions(5, 6).bias(bias))); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
-OneLinear make_model(bool bias) {
-  torch::manual_seed(0);
-  OneLinear model(bias);
-  model->eval();
-  return model;
-}
-
 TEST(Beft, ForwardAddsTheOffsetAndMergeMovesItIntoTheBias) {
   WarningCapture warnings;
-  auto model = make_model(true);
+  auto model = seeded_one_linear(true);
   const at::Tensor x = torch::randn({2, 5});
   const at::Tensor base = model->forward(x);
   const at::Tensor bias = model->lin->bias.detach().clone();
@@ -60,7 +45,7 @@ TEST(Beft, ForwardAddsTheOffsetAndMergeMovesItIntoTheBias) {
 
 TEST(Beft, LayerWithoutBiasWarnsAndCannotMerge) {
   WarningCapture warnings;
-  auto model = make_model(false);
+  auto model = seeded_one_linear(false);
   const at::Tensor x = torch::randn({2, 5});
   const at::Tensor base = model->forward(x);
   peft::inject_adapter_in_model(peft::BeftConfig().init_weights(false).target_modules({"lin"}), model);

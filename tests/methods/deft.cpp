@@ -15,8 +15,6 @@ namespace {
 
 using nlohmann::json;
 
-const json kMlpTargets = {"lin0", "lin1"};
-
 INSTANTIATE_TEST_SUITE_P(
     Deft, MethodVariants,
     testing::Values(

@@ -34,14 +34,6 @@ INSTANTIATE_TEST_SUITE_P(Delora, UnsupportedLayers,
                          testing::Values(UnsupportedLayer{"DELORA", "emb"}, UnsupportedLayer{"DELORA", "conv1d"}),
                          UnsupportedLayerName());
 
-// One Linear (in -> out) named lin.
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl(int64_t in, int64_t out) { lin = register_module("lin", nn::Linear(in, out)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
 /// Python's DeloraLayer._compute_delta, in float64.
 at::Tensor python_delta(const peft::StateDict& sd, int64_t r) {
   const at::Tensor a = sd["lin.delora_A"].to(torch::kDouble), b = sd["lin.delora_B"].to(torch::kDouble);
@@ -138,15 +130,6 @@ TEST(Delora, LayersToTransformAndExcludeModules) {
     EXPECT_EQ(peft::targeted_module_names(model),
               (std::vector<std::string>{"encoder.blocks.0.lin", "encoder.blocks.2.lin", "head"}));
   }
-}
-
-std::string config_error(const json& j) {
-  try {
-    peft::config_from_json_string(j.dump())->validate();
-  } catch (const peft::ConfigError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Delora, ConfigErrorsArePythons) {

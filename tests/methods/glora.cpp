@@ -30,21 +30,6 @@ INSTANTIATE_TEST_SUITE_P(Glora, UnsupportedLayers,
                          testing::Values(UnsupportedLayer{"GLORA", "emb"}, UnsupportedLayer{"GLORA", "conv1d"}),
                          UnsupportedLayerName());
 
-// x (2, 5) -> lin (5 -> 6)
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl() { lin = register_module("lin", nn::Linear(5, 6)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
-OneLinear make_model() {
-  torch::manual_seed(0);
-  OneLinear model;
-  model->eval();
-  return model;
-}
-
 struct Effective {
   at::Tensor weight, bias;
 };
@@ -59,7 +44,7 @@ Effective effective(const peft::StateDict& sd, const at::Tensor& w0, const at::T
 
 TEST(Glora, ForwardAndMergesUseTheOriginalWeights) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   const at::Tensor x = torch::randn({2, 5});
   const at::Tensor w0 = model->lin->weight.detach().clone(), b0 = model->lin->bias.detach().clone();
   const at::Tensor base = model->forward(x);
@@ -87,14 +72,8 @@ TEST(Glora, ForwardAndMergesUseTheOriginalWeights) {
 }
 
 TEST(Glora, ConfigErrorsArePythons) {
-  auto message = [](const std::string& text) -> std::string {
-    try {
-      peft::config_from_json_string(text)->validate();
-    } catch (const peft::ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
+  auto message = [](const char* text) { return config_error(nlohmann::json::parse(text)); };
+
   EXPECT_NE(message(R"({"peft_type": "GLORA", "config_A_B": "full"})")
                 .find("Invalid config_A_B value: 'full'. Valid values are: constant, lora, none, vector."),
             std::string::npos);

@@ -241,38 +241,13 @@ TEST(Hira, RefusesLayerNormsAndGroupedConvolutionsNamingThem) {
   EXPECT_TRUE(ModelSnapshot(*grouped) == grouped_before);
 }
 
-// GPT-2's Conv1D (weight stored (in, out)) gives the Linear form's output; the config keeps its
-// fan_in_fan_out, as Python's (HiRA only warns).
+// The config keeps its fan_in_fan_out, as Python's (HiRA only warns).
 TEST(Hira, Gpt2Conv1DMatchesTheLinearForm) {
-  WarningCapture warnings;
-  struct ConvModelImpl : torch::nn::Module {
-    GPT2Conv1D conv{nullptr};
-    ConvModelImpl() { conv = register_module("lin", GPT2Conv1D(8, 6)); }  // in 6, out 8
-  };
-  struct LinearModelImpl : torch::nn::Module {
-    nn::Linear lin{nullptr};
-    LinearModelImpl() { lin = register_module("lin", nn::Linear(6, 8)); }
-  };
-  torch::manual_seed(0);
-  auto conv_model = std::make_shared<ConvModelImpl>();
-  auto linear_model = std::make_shared<LinearModelImpl>();
-  {
-    torch::NoGradGuard no_grad;
-    linear_model->lin->weight.copy_(conv_model->conv->weight.t());
-    linear_model->lin->bias.copy_(conv_model->conv->bias);
-  }
-  const at::Tensor x = torch::randn({3, 6});
-  auto config = peft::HiraConfig().r(3).init_weights(false).target_modules({"lin"});
-  torch::manual_seed(4);
-  peft::inject_adapter_in_model(config, linear_model);
-  torch::manual_seed(4);
-  peft::inject_adapter_in_model(config, conv_model);
-  EXPECT_TRUE(warnings.contains("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."));
-  EXPECT_EQ(json::parse(peft::adapter_config(*conv_model, "default")->to_json_string())["fan_in_fan_out"], false);
-  const at::Tensor expected = linear_model->lin->forward(x);
-  EXPECT_LT(max_abs_diff(conv_model->conv->forward(x), expected), 1e-5);
-  peft::merge_and_unload(conv_model);
-  EXPECT_LT(max_abs_diff(conv_model->conv->forward(x), expected), 1e-5);
+  expect_conv1d_matches_linear_form(peft::HiraConfig().r(3).init_weights(false).target_modules({"lin"}),
+                                    [](torch::nn::Module& conv_model) {
+                                      const auto config = peft::adapter_config(conv_model, "default");
+                                      EXPECT_EQ(json::parse(config->to_json_string())["fan_in_fan_out"], false);
+                                    });
 }
 
 }  // namespace

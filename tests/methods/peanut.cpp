@@ -17,8 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-const json kMlpTargets = {"lin0", "lin1"};
-
 INSTANTIATE_TEST_SUITE_P(
     Peanut, MethodVariants,
     testing::Values(Variant{"peanut", false,

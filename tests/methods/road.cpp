@@ -35,14 +35,6 @@ INSTANTIATE_TEST_SUITE_P(Road, UnsupportedLayers,
                                          UnsupportedLayer{"ROAD", "conv1d", {{"group_size", 2}}}),
                          UnsupportedLayerName());
 
-// One Linear (in -> out) named lin.
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl(int64_t in, int64_t out) { lin = register_module("lin", nn::Linear(in, out)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
 /// Python's _prepare_cols followed by _get_delta_weight, step by step, in float64: the (out, out) matrix R.
 at::Tensor python_road_matrix(const std::string& variant, int64_t g, at::Tensor theta, at::Tensor alpha) {
   theta = theta.to(torch::kDouble);
@@ -164,15 +156,6 @@ TEST(Road, MixedBatchUsesEachRowsAdapter) {
   }
   peft::unmerge_adapter(model);
   EXPECT_LT(max_abs_diff(model->forward(x), out_b), 1e-5);
-}
-
-std::string config_error(const json& j) {
-  try {
-    peft::config_from_json_string(j.dump())->validate();
-  } catch (const peft::ConfigError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Road, ConfigErrorsArePythons) {

@@ -1,6 +1,7 @@
 #pragma once
 
-// Helpers of tests/methods/vera.cpp and vblora.cpp, the methods whose adapters share a tensor between layers.
+// Helpers of the tests of the methods whose adapters share a tensor between layers (VeRA, RandLoRA, VB-LoRA):
+// tests/methods/<method>.cpp, and the suite all frozen-random-basis methods run (shared_basis_suite.cpp).
 
 #include <unistd.h>
 
@@ -37,6 +38,20 @@ inline bool same_tensor(const at::Tensor& a, const at::Tensor& b) {
   return a.unsafeGetTensorImpl() == b.unsafeGetTensorImpl();
 }
 
+/// The model's buffer or parameter `key`; throws when there is none.
+inline at::Tensor named_buffer(const torch::nn::Module& model, const std::string& key) {
+  const auto named = model.named_buffers();  // find() points into it: keep it alive
+  const at::Tensor* found = named.find(key);
+  if (!found) throw std::runtime_error("no buffer " + key);
+  return *found;
+}
+inline at::Tensor named_parameter(const torch::nn::Module& model, const std::string& key) {
+  const auto named = model.named_parameters();  // find() points into it: keep it alive
+  const at::Tensor* found = named.find(key);
+  if (!found) throw std::runtime_error("no parameter " + key);
+  return *found;
+}
+
 /// The case's vectors were made with torch.manual_seed(1234) before injecting its config: the same seed here must
 /// give the same initial adapter, shared tensors included.
 inline void expect_python_initialisation(const std::string& case_name) {
@@ -66,6 +81,21 @@ inline void expect_offline_merge_matches(const std::string& case_name) {
     EXPECT_LT(max_abs_diff(merged.tensors[key], python[key]), 1e-6) << key;
   }
 }
+
+/// A method whose adapters hold frozen random bases drawn from projection_prng_key and shared by all their layers
+/// (VeRA, RandLoRA): what shared_basis_suite.cpp needs to run its checks on it.
+struct SharedBasisMethod {
+  std::string peft_type;              ///< "VERA"
+  std::string prefix;                 ///< "vera": bases <prefix>_A / <prefix>_B, <prefix>_dropout, "<prefix>_only"
+  std::string key_error;              ///< Python's error for a second projection_prng_key, up to " PRNG"
+  std::string save_error;             ///< Python's error for mixed save_projection, up to " projection weights"
+  nlohmann::json fields;              ///< further config fields every adapter of the suite gets
+  std::vector<int64_t> bad_a_shape;   ///< a shape <prefix>_A never has for the suite's Mlp
+  std::vector<std::string> bad_keys;  ///< file keys given that shape, each refused by name on load
+  std::vector<int64_t> fc1_a_shape, fc2_b_shape;  ///< bases of a blocks model adapted on block 1's fc1/fc2 (r=4)
+  double transposed_merge_atol;       ///< merged vs unmerged output of a Conv1D-style layer
+  std::string regenerate_warning;     ///< part of Python's warning when a save_projection=false adapter loads
+};
 
 /// Validating `fields` (+ peft_type, target_modules lin0/lin1) throws a ConfigError containing `text`.
 inline void expect_config_error(const std::string& peft_type, nlohmann::json fields, const std::string& text) {

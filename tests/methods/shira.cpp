@@ -32,21 +32,6 @@ INSTANTIATE_TEST_SUITE_P(Shira, UnsupportedLayers,
                          testing::Values(UnsupportedLayer{"SHIRA", "emb"}, UnsupportedLayer{"SHIRA", "conv1d"}),
                          UnsupportedLayerName());
 
-// x (2, 5) -> lin (5 -> 6)
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl(int64_t in = 5, int64_t out = 6) { lin = register_module("lin", nn::Linear(in, out)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
-OneLinear make_model() {
-  torch::manual_seed(0);
-  OneLinear model;
-  model->eval();
-  return model;
-}
-
 const at::Tensor& input() {
   static const at::Tensor x = torch::randn({2, 5}, torch::Generator(at::detail::createCPUGenerator(11)));
   return x;
@@ -68,7 +53,7 @@ at::Tensor leading_entries(const torch::nn::Module& layer, int64_t r) {
 
 TEST(Shira, UnseededMaskIsPythonsDefaultGeneratorDraw) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   peft::inject_adapter_in_model(peft::ShiraConfig().r(1).target_modules({"lin"}), model);
   // Python: ShiraConfig(r=1) on nn.Linear(5, 6), torch.Generator() left at its default seed.
   const at::Tensor expected = torch::tensor({0, 0, 0, 0, 1, 3, 3, 4, 4, 5, 5, 0, 2, 3, 4, 3, 1, 4, 1, 3, 3, 4},
@@ -83,7 +68,7 @@ TEST(Shira, UnseededMaskIsPythonsDefaultGeneratorDraw) {
 
 TEST(Shira, ForwardAndMergeAddTheEntriesToTheWeight) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   const at::Tensor weight = model->lin->weight.detach().clone();
   const at::Tensor bias = model->lin->bias.detach().clone();
   peft::inject_adapter_in_model(peft::ShiraConfig().r(1).random_seed(5).init_weights(false).target_modules({"lin"}), model);
@@ -98,7 +83,7 @@ TEST(Shira, ForwardAndMergeAddTheEntriesToTheWeight) {
 
 TEST(Shira, MaskFunctionOfOnesOwnIsUsedAndNotSaved) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   auto config = peft::ShiraConfig().r(1).mask_type("leading").mask_fn(leading_entries).init_weights(false).target_modules({"lin"});
   peft::inject_adapter_in_model(config, model);
   EXPECT_FALSE(warnings.contains("is not recognized")) << "a mask function was given";
@@ -111,7 +96,7 @@ TEST(Shira, MaskFunctionOfOnesOwnIsUsedAndNotSaved) {
 
 TEST(Shira, MaskOnlyInTheCheckpointLoadsFromIt) {
   WarningCapture warnings;
-  auto source = make_model();
+  auto source = seeded_one_linear();
   peft::inject_adapter_in_model(
       peft::ShiraConfig().r(1).mask_type("leading").mask_fn(leading_entries).init_weights(false).target_modules({"lin"}),
       source);
@@ -122,7 +107,7 @@ TEST(Shira, MaskOnlyInTheCheckpointLoadsFromIt) {
 
   // adapter_config.json says mask_type "leading" and cannot hold the function: the indices come from the file.
   for (bool low_cpu : {false, true}) {
-    auto model = make_model();
+    auto model = seeded_one_linear();
     peft::LoadAdapterOptions options;
     options.low_cpu_mem_usage = low_cpu;
     peft::load_adapter(model, dir.string(), "default", options);
@@ -130,7 +115,7 @@ TEST(Shira, MaskOnlyInTheCheckpointLoadsFromIt) {
   }
 
   // Injected from the config alone, with Python's warning, the adapter refuses to run until indices arrive.
-  auto model = make_model();
+  auto model = seeded_one_linear();
   auto config = std::dynamic_pointer_cast<peft::ShiraConfig>(peft::load_config((dir / "adapter_config.json").string()));
   ASSERT_TRUE(config);
   config->inference_mode(false);
@@ -148,7 +133,7 @@ TEST(Shira, MaskOnlyInTheCheckpointLoadsFromIt) {
 
 TEST(Shira, IndicesAreInt32InFilesAndStayIntegersThroughDtypeChanges) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   peft::inject_adapter_in_model(peft::ShiraConfig().r(1).init_weights(false).target_modules({"lin"}), model);
   const fs::path dir = fs::temp_directory_path() / ("peft_shira_dtype_" + std::to_string(::getpid()));
   fs::remove_all(dir);
@@ -173,13 +158,13 @@ TEST(Shira, IndicesAreInt32InFilesAndStayIntegersThroughDtypeChanges) {
 
 TEST(Shira, StateDictIndicesMustBeInt32) {
   WarningCapture warnings;
-  auto source = make_model();
+  auto source = seeded_one_linear();
   peft::inject_adapter_in_model(peft::ShiraConfig().r(1).target_modules({"lin"}), source);
   const peft::StateDict good = peft::get_peft_model_state_dict(*source);
   for (auto dtype : {torch::kLong, torch::kFloat}) {
     peft::StateDict bad = good;
     bad["lin.shira_indices"] = good.find("lin.shira_indices")->to(dtype);
-    auto model = make_model();
+    auto model = seeded_one_linear();
     const ModelSnapshot before(*model);
     try {
       peft::inject_adapter_in_model(peft::ShiraConfig().r(1).target_modules({"lin"}), model, "default", false, bad);
@@ -192,14 +177,14 @@ TEST(Shira, StateDictIndicesMustBeInt32) {
   // Integer tensors are still refused where floating-point weights belong.
   peft::StateDict bad = good;
   bad["lin.shira_weight"] = good.find("lin.shira_weight")->to(torch::kInt);
-  auto model = make_model();
+  auto model = seeded_one_linear();
   EXPECT_THROW(peft::inject_adapter_in_model(peft::ShiraConfig().r(1).target_modules({"lin"}), model, "default", false, bad),
                peft::StateDictError);
 }
 
 TEST(Shira, PythonsConfigErrorsAndWarnings) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   const ModelSnapshot before(*model);
   try {
     peft::inject_adapter_in_model(peft::ShiraConfig().r(3).target_modules({"lin"}), model);  // 3 * 11 > 30

@@ -33,25 +33,10 @@ INSTANTIATE_TEST_SUITE_P(Supertuning, UnsupportedLayers,
                                          UnsupportedLayer{"SUPERTUNING", "conv1d", {{"sparsity", 0.5}}}),
                          UnsupportedLayerName());
 
-// x (2, 5) -> lin (5 -> 6)
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl() { lin = register_module("lin", nn::Linear(5, 6)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
-OneLinear make_model() {
-  torch::manual_seed(0);
-  OneLinear model;
-  model->eval();
-  return model;
-}
-
 TEST(Supertuning, SupportIsTheLargestOrSmallestMagnitudes) {
   WarningCapture warnings;
   for (bool top : {true, false}) {
-    auto model = make_model();
+    auto model = seeded_one_linear();
     const at::Tensor scores = model->lin->weight.detach().abs().flatten();
     peft::inject_adapter_in_model(peft::SupertuningConfig().sparsity(0.8).select_top(top).target_modules({"lin"}), model);
     const peft::StateDict sd = peft::get_peft_model_state_dict(*model);
@@ -64,7 +49,7 @@ TEST(Supertuning, SupportIsTheLargestOrSmallestMagnitudes) {
 
 TEST(Supertuning, SupraAddsTheScaledLoraTerm) {
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   const at::Tensor x = torch::randn({2, 5});
   const at::Tensor w0 = model->lin->weight.detach().clone(), b0 = model->lin->bias.detach().clone();
   peft::inject_adapter_in_model(peft::SupertuningConfig().sparsity(0.5).r(2).init_weights(false).target_modules({"lin"}), model);
@@ -81,7 +66,7 @@ TEST(Supertuning, SupraAddsTheScaledLoraTerm) {
 
 TEST(Supertuning, IndicesLeftOutOfTheCheckpointAreRecomputed) {
   WarningCapture warnings;
-  auto source = make_model();
+  auto source = seeded_one_linear();
   const at::Tensor x = torch::randn({2, 5});
   auto config = peft::SupertuningConfig().sparsity(0.7).save_precomputed_indices(false).init_weights(false).target_modules({"lin"});
   peft::inject_adapter_in_model(config, source);
@@ -92,7 +77,7 @@ TEST(Supertuning, IndicesLeftOutOfTheCheckpointAreRecomputed) {
   fs::remove_all(dir);
   peft::save_adapter(*source, dir.string());
   for (bool low_cpu : {false, true}) {
-    auto model = make_model();
+    auto model = seeded_one_linear();
     peft::LoadAdapterOptions options;
     options.low_cpu_mem_usage = low_cpu;
     const peft::LoadResult result = peft::load_adapter(*model, dir.string(), "default", options);
@@ -103,14 +88,8 @@ TEST(Supertuning, IndicesLeftOutOfTheCheckpointAreRecomputed) {
 }
 
 TEST(Supertuning, ConfigErrorsArePythons) {
-  auto message = [](const std::string& text) -> std::string {
-    try {
-      peft::config_from_json_string(text)->validate();
-    } catch (const peft::ConfigError& e) {
-      return e.what();
-    }
-    return "";
-  };
+  auto message = [](const char* text) { return config_error(nlohmann::json::parse(text)); };
+
   EXPECT_NE(message(R"({"peft_type": "SUPERTUNING", "sparsity": 1.0})").find("sparsity must be in [0.0, 1.0), got 1.0"),
             std::string::npos);
   EXPECT_NE(message(R"({"peft_type": "SUPERTUNING", "r": 0})").find("r must be a positive integer or None, got 0"),
@@ -123,7 +102,7 @@ TEST(Supertuning, ConfigErrorsArePythons) {
   EXPECT_NE(message(R"({"peft_type": "SUPERTUNING", "exclude_modules": ["lin"]})"), "");
   // Too few entries for the layer: Python's error, naming the sparsity.
   WarningCapture warnings;
-  auto model = make_model();
+  auto model = seeded_one_linear();
   try {
     peft::inject_adapter_in_model(peft::SupertuningConfig().target_modules({"lin"}), model);
     ADD_FAILURE() << "0.99 of 30 entries leaves none";

@@ -16,8 +16,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const json kMlpTargets = {"lin0", "lin1"};
-
 INSTANTIATE_TEST_SUITE_P(
     VBLoRA, MethodVariants,
     testing::Values(Variant{"vblora", false,
@@ -42,13 +40,6 @@ peft::VBLoRAConfig config() {
   return peft::VBLoRAConfig().r(4).num_vectors(8).vector_length(8).target_modules({"lin0", "lin1"});
 }
 
-at::Tensor param(const torch::nn::Module& model, const std::string& key) {
-  const auto named = model.named_parameters();  // find() points into it: keep it alive
-  const at::Tensor* found = named.find(key);
-  if (!found) throw std::runtime_error("no parameter " + key);
-  return *found;
-}
-
 fs::path temp_dir(const std::string& name) { return fresh_temp_dir("vblora", name); }
 
 fs::path topk_reference() { return methods_data() / "vblora" / "topk"; }
@@ -62,8 +53,8 @@ TEST(VBLoRA, TheVectorBankIsOneTrainedTensorSharedByEveryLayer) {
   WarningCapture warnings;
   Mlp model = seeded_mlp();
   peft::inject_adapter_in_model(config(), model);
-  const at::Tensor bank = param(*model, "lin0.vblora_vector_bank.default");
-  EXPECT_TRUE(same_tensor(bank, param(*model, "lin1.vblora_vector_bank.default")));
+  const at::Tensor bank = named_parameter(*model, "lin0.vblora_vector_bank.default");
+  EXPECT_TRUE(same_tensor(bank, named_parameter(*model, "lin1.vblora_vector_bank.default")));
   EXPECT_EQ(bank.sizes().vec(), (std::vector<int64_t>{8, 8}));
   EXPECT_TRUE(bank.requires_grad());
   EXPECT_LE(bank.abs().max().item<double>(), 0.02);
@@ -99,7 +90,7 @@ TEST(VBLoRA, TopkCheckpointsAreWrittenAndReadAsPythonDoes) {
     EXPECT_TRUE(result.unexpected_keys.empty()) << result.unexpected_keys.front();
     EXPECT_LT(max_abs_diff(model->forward(c.input()), c.tensor("output.safetensors")), 1e-5) << "low_cpu=" << low_cpu;
     // Logits outside the top k are -inf: for inference and merging only, as in Python.
-    EXPECT_TRUE(torch::isinf(param(*model, "lin0.vblora_logits_A.default")).any().item<bool>());
+    EXPECT_TRUE(torch::isinf(named_parameter(*model, "lin0.vblora_logits_A.default")).any().item<bool>());
     peft::merge_adapter(model);
     EXPECT_LT(max_abs_diff(model->forward(c.input()), c.tensor("output_merged.safetensors")), 1e-5);
     peft::unmerge_adapter(model);
@@ -189,8 +180,8 @@ TEST(VBLoRA, SecondAdapterHasItsOwnBankAndDeleteRemovesIt) {
   Mlp model = seeded_mlp();
   peft::inject_adapter_in_model(config(), model);
   peft::inject_adapter_in_model(config().num_vectors(4).target_modules({"lin1"}), model, "other");
-  const at::Tensor mine = param(*model, "lin1.vblora_vector_bank.default");
-  const at::Tensor theirs = param(*model, "lin1.vblora_vector_bank.other");
+  const at::Tensor mine = named_parameter(*model, "lin1.vblora_vector_bank.default");
+  const at::Tensor theirs = named_parameter(*model, "lin1.vblora_vector_bank.other");
   EXPECT_FALSE(same_tensor(mine, theirs));
   EXPECT_EQ(theirs.size(0), 4);
   EXPECT_EQ(peft::get_peft_model_state_dict(*model, "other")["base_model.vblora_vector_bank"].size(0), 4);

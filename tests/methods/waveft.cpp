@@ -38,14 +38,6 @@ INSTANTIATE_TEST_SUITE_P(
 INSTANTIATE_TEST_SUITE_P(WaveFT, UnsupportedLayers, testing::Values(UnsupportedLayer{"WAVEFT", "emb"}),
                          UnsupportedLayerName());
 
-// One Linear (in -> out) named lin.
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl(int64_t in, int64_t out) { lin = register_module("lin", nn::Linear(in, out)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
 /// Python's reference: delta = get_delta_weight() for a WaveFTConfig(n_frequency=n, random_loc_seed=5,
 /// scaling=3.0, wavelet_family=family) on nn.Linear(in, out) with spectrum sin(1..n), summarised as
 /// sum(delta), sum(delta^2) and sum(delta * w), w = (1..out*in).view(out, in) / (out*in).
@@ -244,32 +236,9 @@ TEST(WaveFT, NFrequencyBeyondTheLayerIsRefused) {
   EXPECT_THROW(peft::config_from_json_string(R"({"peft_type": "WAVEFT", "bias": "lora_only"})"), peft::ConfigError);
 }
 
-// The same update on GPT-2's Conv1D (weight stored (in, out)) as on a Linear holding the transposed weight.
 TEST(WaveFT, Gpt2Conv1DMatchesTheLinearForm) {
-  WarningCapture warnings;
-  struct ConvModelImpl : torch::nn::Module {
-    GPT2Conv1D conv{nullptr};
-    ConvModelImpl() { conv = register_module("lin", GPT2Conv1D(8, 6)); }  // in 6, out 8
-  };
-  torch::manual_seed(0);
-  auto conv_model = std::make_shared<ConvModelImpl>();
-  OneLinear linear_model(6, 8);
-  {
-    torch::NoGradGuard no_grad;
-    linear_model->lin->weight.copy_(conv_model->conv->weight.t());
-    linear_model->lin->bias.copy_(conv_model->conv->bias);
-  }
-  const at::Tensor x = torch::randn({3, 6});
-  auto config = peft::WaveFTConfig().n_frequency(16).wavelet_family("db2").init_weights(false).target_modules({"lin"});
-  torch::manual_seed(4);
-  peft::inject_adapter_in_model(config, linear_model);
-  torch::manual_seed(4);
-  peft::inject_adapter_in_model(config, conv_model);
-  EXPECT_TRUE(warnings.contains("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."));
-  const at::Tensor expected = linear_model->forward(x);
-  EXPECT_LT(max_abs_diff(conv_model->conv->forward(x), expected), 1e-5);
-  peft::merge_and_unload(conv_model);
-  EXPECT_LT(max_abs_diff(conv_model->conv->forward(x), expected), 1e-5);
+  expect_conv1d_matches_linear_form(
+      peft::WaveFTConfig().n_frequency(16).wavelet_family("db2").init_weights(false).target_modules({"lin"}));
 }
 
 // bfloat16 layers: the coefficients take the layer's dtype and the transform runs (Python's CPU

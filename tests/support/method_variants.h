@@ -13,11 +13,14 @@
 // low_cpu_mem_usage) round-trips, the config survives JSON, and state-dict injection adapts the layers its keys
 // name. UnsupportedLayers checks that a layer type the method cannot adapt is refused without changes.
 
+#include <functional>
 #include <string>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
+
+#include <peft/config.h>
 
 #include "support/layers.h"
 #include "support/vector_model.h"  // GPT2Conv1D
@@ -36,6 +39,32 @@ struct MlpImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x) { return lin1(torch::relu(norm(lin0(x)))); }
 };
 TORCH_MODULE(Mlp);
+
+// x (.., in) -> lin (in -> out): the one-layer model of the methods' own tests.
+struct OneLinearImpl : torch::nn::Module {
+  nn::Linear lin{nullptr};
+  explicit OneLinearImpl(int64_t in = 5, int64_t out = 6, bool bias = true) {
+    lin = register_module("lin", nn::Linear(torch::nn::LinearOptions(in, out).bias(bias)));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
+};
+TORCH_MODULE(OneLinear);
+
+/// The Mlp's two Linears, as variants' target_modules.
+inline const nlohmann::json kMlpTargets = {"lin0", "lin1"};
+
+/// The text of the peft::ConfigError that parsing and validating this adapter_config.json raises; "" when it is
+/// accepted.
+std::string config_error(const nlohmann::json& adapter_config);
+
+/// A OneLinear (5 -> 6) drawn after torch::manual_seed(0), in eval mode.
+OneLinear seeded_one_linear(bool bias = true);
+
+/// GPT-2's Conv1D (weight stored (in, out); module "lin", in 6, out 8) adapted by `config` gives the output of a
+/// Linear holding the transposed weight adapted by the same config and seed, unmerged and merged, and Python's
+/// warning that fan_in_fan_out is set to True. `before_merge` sees the adapted Conv1D model.
+void expect_conv1d_matches_linear_form(const peft::PeftConfig& config,
+                                       const std::function<void(torch::nn::Module&)>& before_merge = {});
 
 // x (2, 4, 6, 6) -> conv (4 -> 8, 3x3, padding 1) -> relu -> point (8 -> 4, 1x1)
 struct ConvNetImpl : torch::nn::Module {
