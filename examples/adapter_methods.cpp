@@ -81,6 +81,7 @@ std::vector<Example> examples() {
       {"GraLoRA", [=] { return shared(peft::GraloraConfig().r(8).gralora_k(2).hybrid_r(2).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"UniLoRA", [=] { return shared(peft::UniLoraConfig().r(4).theta_d_length(64).init_theta_d_bound(0.5).target_modules({"lin0", "lin1"})); }},
       {"HiRA", [=] { return shared(peft::HiraConfig().r(4).target_modules({"lin0", "lin1", "conv"}).init_weights(false)); }},
+      {"OSF", [=] { return shared(peft::OsfConfig().effective_rank(0.75).target_modules({"lin0", "lin1"})); }},
   };
 }
 
@@ -137,6 +138,13 @@ int main(int argc, char** argv) {
       torch::NoGradGuard no_grad;
       for (auto& p : net->named_parameters()) {
         if (p.key().find("ln_tuning_layers") != std::string::npos) p.value().add_(0.5);
+      }
+    }
+    if (example.title == std::string("OSF")) {
+      // OSF starts from the SVD of the weight (the same layer); training would move the trained singular values.
+      torch::NoGradGuard no_grad;
+      for (auto& p : net->named_parameters()) {
+        if (p.key().find("S_low") != std::string::npos) p.value().mul_(3.0);
       }
     }
     const auto adapted = net->forward(x, image);
