@@ -136,6 +136,13 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
     per_module[module].insert(key, tensor.is_floating_point() ? tensor.to(at::kFloat) : tensor);
   }
 
+  if (per_module.empty() && !shared.is_empty()) {
+    // Only model-level tensors (UniLoRA's theta_d without save_indices): the per-layer parts are regenerated from
+    // the config on the model itself, which an offline merge does not have.
+    throw StateDictError("The adapter holds only tensors its layers share ('" + shared.keys().front() +
+                         "') and names no layer: merge it on the model (load_adapter, then merge_and_unload).");
+  }
+
   auto root = std::make_shared<torch::nn::Module>();
   StateDict weights;
   std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> layers;

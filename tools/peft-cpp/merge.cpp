@@ -37,8 +37,15 @@ PlannedAdapter plan(const fs::path& dir, double scale, const BaseCheckpoint& bas
   p.scale = scale;
   std::vector<std::string> base_keys;
   for (const auto& [key, shard] : base.shard_of) base_keys.push_back(key);
+  const std::vector<std::string> modules = peft::adapted_module_names(*p.files.config, p.files.weights);
+  if (modules.empty() && peft::replaced_base_tensors(*p.files.config, p.files.weights).is_empty() &&
+      !p.files.weights.is_empty()) {
+    // Only tensors the layers share (UniLoRA's theta_d without save_indices): the layers' parts come from the model.
+    throw UserError("adapter " + dir.string() + " names no layer: its checkpoint holds only tensors its layers share "
+                    "(e.g. '" + p.files.weights.keys().front() + "'), so it can only be merged on the model itself");
+  }
   std::vector<std::string> missing;
-  for (const auto& module : peft::adapted_module_names(*p.files.config, p.files.weights)) {
+  for (const auto& module : modules) {
     auto it = base.shard_of.find(module + ".weight");
     if (it == base.shard_of.end()) {
       missing.push_back(module + ".weight");
