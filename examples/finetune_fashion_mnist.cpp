@@ -174,8 +174,8 @@ int main(int argc, char** argv) {
     if (job.prints()) std::printf("base model (classes 0-4, %lld images): test accuracy %.2f%%\n",
                 static_cast<long long>(pretrain.images.size(0)), 100 * before);
 
-    const auto config = peft::LoraConfig().r(8).lora_alpha(16).target_modules({"fc1", "fc2"}).modules_to_save(
-        std::vector<std::string>{"head"});
+    const auto config =
+        peft::LoraConfig().r(8).lora_alpha(16).target_modules({"fc1", "fc2"}).modules_to_save({"head"});
     peft::inject_adapter_in_model(config, model);
     if (job.prints()) peft::print_trainable_parameters(model);
     torch::optim::AdamW optimizer(peft::trainable_tensors(model), torch::optim::AdamWOptions(2e-3));

@@ -39,6 +39,16 @@ TEST(LoraConfig, BuilderChainsInAnyOrder) {
   EXPECT_EQ(other.peft_type(), "LORA");
   std::shared_ptr<peft::PeftConfig> copy = other.clone();
   EXPECT_EQ(static_cast<peft::LoraConfig&>(*copy).r(), 16);
+
+  // Braced lists and std::nullopt, as <peft/config.h>'s example writes them.
+  auto listed = peft::LoraConfig().modules_to_save({"head"}).layers_to_transform({1}).layers_pattern({"blocks"});
+  EXPECT_EQ(*listed.modules_to_save(), std::vector<std::string>{"head"});
+  EXPECT_EQ(*listed.layers_to_transform(), std::vector<int64_t>{1});
+  EXPECT_EQ(*listed.layers_pattern(), std::vector<std::string>{"blocks"});
+  listed.modules_to_save(std::nullopt).layers_to_transform(std::nullopt).layers_pattern(std::nullopt);
+  EXPECT_FALSE(listed.modules_to_save().has_value());
+  EXPECT_FALSE(listed.layers_to_transform().has_value());
+  EXPECT_FALSE(listed.layers_pattern().has_value());
 }
 
 TEST(LoraConfig, DefaultsFollowPython) {

@@ -244,9 +244,9 @@ std::string config_error(const nlohmann::json& adapter_config) {
   return "";
 }
 
-OneLinear seeded_one_linear(bool bias) {
+OneLinear seeded_one_linear(int64_t in, int64_t out, bool bias) {
   torch::manual_seed(0);
-  OneLinear model(5, 6, bias);
+  OneLinear model(in, out, bias);
   model->eval();
   return model;
 }

@@ -110,18 +110,19 @@ class PEFT_API MethodConfig : public PeftConfig {
 
   Derived& target_modules(TargetModules value) { target_modules_ = std::move(value); return self(); }
   Derived& exclude_modules(TargetModules value) { exclude_modules_ = std::move(value); return self(); }
-  Derived& modules_to_save(std::optional<std::vector<std::string>> value) {
-    modules_to_save_ = std::move(value);
-    return self();
-  }
+  // Each list field takes a braced list (`.modules_to_save({"head"})`, `.layers_to_transform({1})`), std::nullopt,
+  // or an optional holding either: std::optional alone would not take a braced list.
+  Derived& modules_to_save(std::optional<std::vector<std::string>> value) { return set(modules_to_save_, std::move(value)); }
+  Derived& modules_to_save(std::vector<std::string> value) { return set(modules_to_save_, std::move(value)); }
+  Derived& modules_to_save(std::nullopt_t) { return set(modules_to_save_, std::nullopt); }
   Derived& layers_to_transform(std::optional<std::vector<int64_t>> value) {
-    layers_to_transform_ = std::move(value);
-    return self();
+    return set(layers_to_transform_, std::move(value));
   }
-  Derived& layers_pattern(std::optional<std::vector<std::string>> value) {
-    layers_pattern_ = std::move(value);
-    return self();
-  }
+  Derived& layers_to_transform(std::vector<int64_t> value) { return set(layers_to_transform_, std::move(value)); }
+  Derived& layers_to_transform(std::nullopt_t) { return set(layers_to_transform_, std::nullopt); }
+  Derived& layers_pattern(std::optional<std::vector<std::string>> value) { return set(layers_pattern_, std::move(value)); }
+  Derived& layers_pattern(std::vector<std::string> value) { return set(layers_pattern_, std::move(value)); }
+  Derived& layers_pattern(std::nullopt_t) { return set(layers_pattern_, std::nullopt); }
   Derived& inference_mode(bool value) { inference_mode_ = value; return self(); }
   Derived& task_type(std::optional<std::string> value) { task_type_ = std::move(value); return self(); }
   Derived& base_model_name_or_path(std::optional<std::string> value) {
@@ -133,6 +134,11 @@ class PEFT_API MethodConfig : public PeftConfig {
   std::shared_ptr<PeftConfig> clone() const override { return std::make_shared<Derived>(self()); }
 
  private:
+  template <class Field, class Value>
+  Derived& set(Field& field, Value&& value) {
+    field = std::forward<Value>(value);
+    return self();
+  }
   Derived& self() { return static_cast<Derived&>(*this); }
   const Derived& self() const { return static_cast<const Derived&>(*this); }
 };

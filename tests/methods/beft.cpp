@@ -27,7 +27,7 @@ INSTANTIATE_TEST_SUITE_P(Beft, UnsupportedLayers,
 
 TEST(Beft, ForwardAddsTheOffsetAndMergeMovesItIntoTheBias) {
   WarningCapture warnings;
-  auto model = seeded_one_linear(true);
+  auto model = seeded_one_linear(5, 6, true);
   const at::Tensor x = torch::randn({2, 5});
   const at::Tensor base = model->forward(x);
   const at::Tensor bias = model->lin->bias.detach().clone();
@@ -45,7 +45,7 @@ TEST(Beft, ForwardAddsTheOffsetAndMergeMovesItIntoTheBias) {
 
 TEST(Beft, LayerWithoutBiasWarnsAndCannotMerge) {
   WarningCapture warnings;
-  auto model = seeded_one_linear(false);
+  auto model = seeded_one_linear(5, 6, false);
   const at::Tensor x = torch::randn({2, 5});
   const at::Tensor base = model->forward(x);
   peft::inject_adapter_in_model(peft::BeftConfig().init_weights(false).target_modules({"lin"}), model);

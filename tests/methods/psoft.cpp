@@ -44,19 +44,7 @@ INSTANTIATE_TEST_SUITE_P(Psoft, UnsupportedLayers,
                          UnsupportedLayerName());
 
 // x (3, 12) -> lin (12 -> 8)
-struct OneLinearImpl : torch::nn::Module {
-  nn::Linear lin{nullptr};
-  OneLinearImpl() { lin = register_module("lin", nn::Linear(12, 8)); }
-  torch::Tensor forward(const torch::Tensor& x) { return lin(x); }
-};
-TORCH_MODULE(OneLinear);
-
-OneLinear make_model() {
-  torch::manual_seed(0);
-  OneLinear model;
-  model->eval();
-  return model;
-}
+OneLinear make_model() { return seeded_one_linear(12, 8); }
 
 const at::Tensor& input() {
   static const at::Tensor x = torch::randn({3, 12}, torch::Generator(at::detail::createCPUGenerator(5)));

@@ -25,7 +25,7 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(Variant{"unilora", false,
                             // save_indices: a file without the buffers names no layer, so state-dict injection
                             // (one of the variant checks) needs them (see StateDictInjectionNeedsSavedIndices).
-                            {{"peft_type", "UNILORA"}, {"target_modules", {"lin0", "lin1"}}, {"r", 4},
+                            {{"peft_type", "UNILORA"}, {"target_modules", kMlpTargets}, {"r", 4},
                              {"theta_d_length", 40}, {"init_theta_d_bound", 0.5}, {"save_indices", true}}},
                     Variant{"unilora_save_indices_dropout", false,
                             {{"peft_type", "UNILORA"},
@@ -46,34 +46,20 @@ peft::UniLoraConfig config() {
   return peft::UniLoraConfig().r(2).theta_d_length(16).init_theta_d_bound(0.5).target_modules({"lin0", "lin1"});
 }
 
-at::Tensor param(const torch::nn::Module& model, const std::string& key) {
-  const auto named = model.named_parameters();  // find() points into it: keep it alive
-  const at::Tensor* found = named.find(key);
-  if (!found) throw std::runtime_error("no parameter " + key);
-  return *found;
-}
-
-at::Tensor buffer(const torch::nn::Module& model, const std::string& key) {
-  const auto named = model.named_buffers();
-  const at::Tensor* found = named.find(key);
-  if (!found) throw std::runtime_error("no buffer " + key);
-  return *found;
-}
-
 TEST(UniLora, ThetaIsOneTrainedTensorSharedByEveryLayerAndSavedOnce) {
   WarningCapture warnings;
   Mlp model = seeded_mlp();
   peft::inject_adapter_in_model(config(), model);
-  const at::Tensor theta = param(*model, "lin0.unilora_theta_d.default");
-  EXPECT_TRUE(same_tensor(theta, param(*model, "lin1.unilora_theta_d.default")));
+  const at::Tensor theta = named_parameter(*model, "lin0.unilora_theta_d.default");
+  EXPECT_TRUE(same_tensor(theta, named_parameter(*model, "lin1.unilora_theta_d.default")));
   EXPECT_EQ(theta.sizes().vec(), (std::vector<int64_t>{16}));
   EXPECT_TRUE(theta.requires_grad());
   EXPECT_LE(theta.abs().max().item<double>(), 0.5);
   // Without save_indices only theta_d is saved; the buffers are regenerated from proj_seed.
   EXPECT_EQ(peft::get_peft_model_state_dict(*model).keys(), (std::vector<std::string>{"base_model.unilora_theta_d"}));
   EXPECT_EQ(peft::trainable_parameters(model).trainable, 16);
-  EXPECT_EQ(buffer(*model, "lin0.unilora_indices_A.default").scalar_type(), at::kLong);
-  EXPECT_EQ(buffer(*model, "lin1.unilora_indices_B.default").sizes().vec(), (std::vector<int64_t>{16, 2}));
+  EXPECT_EQ(named_buffer(*model, "lin0.unilora_indices_A.default").scalar_type(), at::kLong);
+  EXPECT_EQ(named_buffer(*model, "lin1.unilora_indices_B.default").sizes().vec(), (std::vector<int64_t>{16, 2}));
 
   // One gradient for theta_d, summed over the layers that use it.
   model->train();
@@ -94,12 +80,12 @@ TEST(UniLora, EveryIndexIsUsedEquallyOftenAndScaledByItsUses) {
   Mlp model = seeded_mlp();
   peft::inject_adapter_in_model(config(), model);
   // 2 x (16 + 24) + 2 x (24 + 16) = 160 entries over 16 indices: each index 10 times, scale 1 / sqrt(10).
-  at::Tensor all = at::cat({buffer(*model, "lin0.unilora_indices_A.default").reshape(-1),
-                            buffer(*model, "lin0.unilora_indices_B.default").reshape(-1),
-                            buffer(*model, "lin1.unilora_indices_A.default").reshape(-1),
-                            buffer(*model, "lin1.unilora_indices_B.default").reshape(-1)});
+  at::Tensor all = at::cat({named_buffer(*model, "lin0.unilora_indices_A.default").reshape(-1),
+                            named_buffer(*model, "lin0.unilora_indices_B.default").reshape(-1),
+                            named_buffer(*model, "lin1.unilora_indices_A.default").reshape(-1),
+                            named_buffer(*model, "lin1.unilora_indices_B.default").reshape(-1)});
   EXPECT_TRUE(torch::equal(at::bincount(all), at::full({16}, 10, at::kLong)));
-  EXPECT_TRUE(torch::allclose(buffer(*model, "lin0.unilora_scales_A.default"),
+  EXPECT_TRUE(torch::allclose(named_buffer(*model, "lin0.unilora_scales_A.default"),
                               at::full({2, 16}, 1 / std::sqrt(10.0))));
 }
 
@@ -122,8 +108,8 @@ TEST(UniLora, AdaptersMustAgreeOnSaveIndicesAndKeepTheirOwnTheta) {
   EXPECT_THROW(peft::inject_adapter_in_model(config().save_indices(true), model, "other"), peft::ConfigError);
   EXPECT_TRUE(ModelSnapshot(*model) == before);
   peft::inject_adapter_in_model(config().theta_d_length(8).target_modules({"lin1"}), model, "other");
-  EXPECT_EQ(param(*model, "lin1.unilora_theta_d.other").size(0), 8);
-  EXPECT_FALSE(same_tensor(param(*model, "lin1.unilora_theta_d.other"), param(*model, "lin1.unilora_theta_d.default")));
+  EXPECT_EQ(named_parameter(*model, "lin1.unilora_theta_d.other").size(0), 8);
+  EXPECT_FALSE(same_tensor(named_parameter(*model, "lin1.unilora_theta_d.other"), named_parameter(*model, "lin1.unilora_theta_d.default")));
   peft::delete_adapter(*model, "other");
   const auto named = model->named_parameters();
   EXPECT_EQ(named.find("lin1.unilora_theta_d.other"), nullptr);

@@ -57,8 +57,8 @@ inline const nlohmann::json kMlpTargets = {"lin0", "lin1"};
 /// accepted.
 std::string config_error(const nlohmann::json& adapter_config);
 
-/// A OneLinear (5 -> 6) drawn after torch::manual_seed(0), in eval mode.
-OneLinear seeded_one_linear(bool bias = true);
+/// A OneLinear drawn after torch::manual_seed(0), in eval mode.
+OneLinear seeded_one_linear(int64_t in = 5, int64_t out = 6, bool bias = true);
 
 /// GPT-2's Conv1D (weight stored (in, out); module "lin", in 6, out 8) adapted by `config` gives the output of a
 /// Linear holding the transposed weight adapted by the same config and seed, unmerged and merged, and Python's

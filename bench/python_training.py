@@ -1,0 +1,110 @@
+"""Times a LoRA training step in Python PEFT for bench/bench_training.cpp's two models, on the same LibTorch.
+
+Runs in the reference environment (the workplace's reference/README.md: Debian's python3-torch 1.13.1 and a git
+checkout of PEFT), with as many threads as LibTorch takes by default, like the C++ benchmark:
+
+    . $REF/env.sh && $PY bench/python_training.py
+
+Prints one JSON object: steps per second of each model (the median of 5 runs of N steps, after warm-up steps).
+Record the figures in bench/python_reference.h (kTrain*): the C++ benchmark reports its speed against them.
+
+The models, identical in bench_training.cpp:
+- "classifier": examples/finetune_fashion_mnist.cpp's MLP (784 -> 256 -> 128 -> 10), LoRA r=8 alpha=16 on fc1 and
+  fc2, the head trained as modules_to_save, AdamW(lr 2e-3), cross-entropy on a batch of 128 images;
+- "llama": bench/llama_shaped.h's tree, 4 layers, hidden 512, intermediate 1376 (bias-free Linears, weights
+  N(0, 0.02); per layer x = o(q(x) + k(x) + v(x)); x = down(gate(x) * up(x))), LoRA r=16 alpha=32 on q_proj and
+  v_proj, AdamW(lr 1e-3), loss mean(y^2) on a (4, 64, 512) batch.
+"""
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import peft
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 256)
+        self.fc2 = nn.Linear(256, 128)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, hidden, intermediate):
+        super().__init__()
+        self.self_attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self.self_attn, name, nn.Linear(hidden, hidden, bias=False))
+        self.mlp = nn.Module()
+        self.mlp.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.mlp.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.mlp.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        a = self.self_attn
+        x = a.o_proj(a.q_proj(x) + a.k_proj(x) + a.v_proj(x))
+        return self.mlp.down_proj(self.mlp.gate_proj(x) * self.mlp.up_proj(x))
+
+
+class LlamaShaped(nn.Module):
+    def __init__(self, layers=4, hidden=512, intermediate=1376):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.layers = nn.ModuleList(Block(hidden, intermediate) for _ in range(layers))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.normal_(0, 0.02)
+
+    def forward(self, x):
+        for layer in self.model.layers:
+            x = layer(x)
+        return x
+
+
+def steps_per_second(model, optimizer, x, loss_fn, steps, warmup=3, runs=5):
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(model(x))
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main():
+    torch.manual_seed(0)
+    results = {"torch": torch.__version__, "peft": peft.__version__, "threads": torch.get_num_threads()}
+
+    classifier = peft.get_peft_model(
+        Classifier(), peft.LoraConfig(r=8, lora_alpha=16, target_modules=["fc1", "fc2"], modules_to_save=["head"]))
+    classifier.train()
+    images, labels = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    optimizer = torch.optim.AdamW([p for p in classifier.parameters() if p.requires_grad], lr=2e-3)
+    results["classifier_steps_per_s"] = steps_per_second(
+        classifier, optimizer, images, lambda y: nn.functional.cross_entropy(y, labels), steps=200)
+
+    llama = peft.get_peft_model(LlamaShaped(), peft.LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
+    llama.train()
+    tokens = torch.randn(4, 64, 512)
+    optimizer = torch.optim.AdamW([p for p in llama.parameters() if p.requires_grad], lr=1e-3)
+    results["llama_steps_per_s"] = steps_per_second(llama, optimizer, tokens, lambda y: y.pow(2).mean(), steps=10)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
