@@ -80,7 +80,7 @@ TEST(LoraConfig, ValidationUsesPythonMessages) {
   EXPECT_EQ(error_of([] { peft::LoraConfig().target_modules({"lin0"}).layers_pattern({{"blocks"}}).validate(); }),
             "When `layers_pattern` is specified, `layers_to_transform` must also be specified. ");
   EXPECT_EQ(error_of([] {
-              peft::LoraConfig().target_modules(peft::TargetModules::regex(".*lin0")).layers_to_transform({{0}}).validate();
+              peft::LoraConfig().target_modules(peft::TargetModules::regex(".*lin0")).layers_to_transform({0}).validate();
             }),
             "`layers_to_transform` cannot be used when `target_modules` is a str.");
   EXPECT_NE(error_of([] { peft::LoraConfig().bias("some").validate(); }).find("Requested bias: some"), std::string::npos);

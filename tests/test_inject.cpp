@@ -249,7 +249,7 @@ TEST(Inject, ErrorsCarryPythonPeftTexts) {
               }),
               expected_error("layers_pattern_without_layers_to_transform"));
     EXPECT_EQ(error_of<peft::ConfigError>([&] {
-                peft::inject_adapter_in_model(peft::LoraConfig().target_modules(peft::TargetModules::regex(".*lin0")).layers_to_transform({{0}}), model);
+                peft::inject_adapter_in_model(peft::LoraConfig().target_modules(peft::TargetModules::regex(".*lin0")).layers_to_transform({0}), model);
               }),
               expected_error("regex_target_with_layers_to_transform"));
   }
@@ -265,11 +265,11 @@ TEST(Inject, ErrorsCarryPythonPeftTexts) {
     torch::manual_seed(0);
     VectorModel top(VectorCase::load("ln_tuning_blocks").model);
     EXPECT_EQ(error_of<peft::NoMatchingPeftModuleError>([&] {
-                peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"fc1"}).layers_to_transform({{0}}).layers_pattern({{"blocks"}}), top);
+                peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"fc1"}).layers_to_transform({0}).layers_pattern({{"blocks"}}), top);
               }),
               expected_error("layers_to_transform_toplevel_modulelist"));
     VectorModel nested(VectorCase::load("lora_blocks_layers_to_transform").model);
-    peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"fc1"}).layers_to_transform({{0}}).layers_pattern({{"blocks"}}), nested);
+    peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"fc1"}).layers_to_transform({0}).layers_pattern({{"blocks"}}), nested);
     std::vector<std::string> adapted;
     for (const auto& p : nested->named_parameters()) {
       if (p.key().find("lora_A") != std::string::npos) adapted.push_back(p.key());

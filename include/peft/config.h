@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <iosfwd>
 #include <memory>
 #include <optional>
@@ -93,6 +94,18 @@ class PEFT_API PeftConfig {
 /// Prints the config as its JSON form, prefixed with the class name.
 PEFT_API std::ostream& operator<<(std::ostream& os, const PeftConfig& config);
 
+/// A list-valued field that may be unset, as the setters below take it: a braced list (`{"lm_head"}`,
+/// `{0, 2}`), a std::vector, std::nullopt, or a std::optional holding a vector (std::optional alone would not take
+/// a braced list).
+template <class T>
+struct OptionalList {
+  std::optional<std::vector<T>> value;
+  OptionalList(std::nullopt_t) {}
+  OptionalList(std::optional<std::vector<T>> list) : value(std::move(list)) {}
+  OptionalList(std::vector<T> list) : value(std::move(list)) {}
+  OptionalList(std::initializer_list<T> list) : value(std::vector<T>(list)) {}
+};
+
 /// Chaining setters for the shared fields, returning the concrete config type (LibTorch options style):
 /// `peft::LoraConfig().r(16).target_modules({"q_proj", "v_proj"}).modules_to_save({"lm_head"})`.
 template <class Derived>
@@ -110,19 +123,9 @@ class PEFT_API MethodConfig : public PeftConfig {
 
   Derived& target_modules(TargetModules value) { target_modules_ = std::move(value); return self(); }
   Derived& exclude_modules(TargetModules value) { exclude_modules_ = std::move(value); return self(); }
-  // Each list field takes a braced list (`.modules_to_save({"head"})`, `.layers_to_transform({1})`), std::nullopt,
-  // or an optional holding either: std::optional alone would not take a braced list.
-  Derived& modules_to_save(std::optional<std::vector<std::string>> value) { return set(modules_to_save_, std::move(value)); }
-  Derived& modules_to_save(std::vector<std::string> value) { return set(modules_to_save_, std::move(value)); }
-  Derived& modules_to_save(std::nullopt_t) { return set(modules_to_save_, std::nullopt); }
-  Derived& layers_to_transform(std::optional<std::vector<int64_t>> value) {
-    return set(layers_to_transform_, std::move(value));
-  }
-  Derived& layers_to_transform(std::vector<int64_t> value) { return set(layers_to_transform_, std::move(value)); }
-  Derived& layers_to_transform(std::nullopt_t) { return set(layers_to_transform_, std::nullopt); }
-  Derived& layers_pattern(std::optional<std::vector<std::string>> value) { return set(layers_pattern_, std::move(value)); }
-  Derived& layers_pattern(std::vector<std::string> value) { return set(layers_pattern_, std::move(value)); }
-  Derived& layers_pattern(std::nullopt_t) { return set(layers_pattern_, std::nullopt); }
+  Derived& modules_to_save(OptionalList<std::string> value) { return set(modules_to_save_, std::move(value)); }
+  Derived& layers_to_transform(OptionalList<int64_t> value) { return set(layers_to_transform_, std::move(value)); }
+  Derived& layers_pattern(OptionalList<std::string> value) { return set(layers_pattern_, std::move(value)); }
   Derived& inference_mode(bool value) { inference_mode_ = value; return self(); }
   Derived& task_type(std::optional<std::string> value) { task_type_ = std::move(value); return self(); }
   Derived& base_model_name_or_path(std::optional<std::string> value) {
@@ -134,9 +137,9 @@ class PEFT_API MethodConfig : public PeftConfig {
   std::shared_ptr<PeftConfig> clone() const override { return std::make_shared<Derived>(self()); }
 
  private:
-  template <class Field, class Value>
-  Derived& set(Field& field, Value&& value) {
-    field = std::forward<Value>(value);
+  template <class T>
+  Derived& set(std::optional<std::vector<T>>& field, OptionalList<T> value) {
+    field = std::move(value.value);
     return self();
   }
   Derived& self() { return static_cast<Derived&>(*this); }
