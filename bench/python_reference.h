@@ -18,10 +18,11 @@ constexpr double kSetStateDict7b = 52.1;
 }  // namespace peft_bench::python_ms
 
 // Python PEFT's training steps per second for bench_training.cpp's models, from bench/python_training.py (reference
-// environment, torch 1.13.1, same machine type, default threads); last run 2026-12-07.
+// environment, torch 1.13.1, same machine type, 2 threads); last run 2026-12-07. With 1 thread the same script gave
+// 694.7 and 9.22 steps/s: this VM's 2-thread timings vary 2-3x between runs (bench/README.md).
 namespace peft_bench::python_steps_per_s {
 
-constexpr double kTrainClassifier = 0;
-constexpr double kTrainLlama = 0;
+constexpr double kTrainClassifier = 287.7;
+constexpr double kTrainLlama = 3.33;
 
 }  // namespace peft_bench::python_steps_per_s

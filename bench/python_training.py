@@ -1,7 +1,7 @@
 """Times a LoRA training step in Python PEFT for bench/bench_training.cpp's two models, on the same LibTorch.
 
 Runs in the reference environment (the workplace's reference/README.md: Debian's python3-torch 1.13.1 and a git
-checkout of PEFT), with as many threads as LibTorch takes by default, like the C++ benchmark:
+checkout of PEFT), with one thread per core as C++ LibTorch takes by default (Debian's Python torch starts with one):
 
     . $REF/env.sh && $PY bench/python_training.py
 
@@ -16,6 +16,7 @@ The models, identical in bench_training.cpp:
   v_proj, AdamW(lr 1e-3), loss mean(y^2) on a (4, 64, 512) batch.
 """
 import json
+import os
 import statistics
 import time
 
@@ -87,6 +88,7 @@ def steps_per_second(model, optimizer, x, loss_fn, steps, warmup=3, runs=5):
 
 
 def main():
+    torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
     results = {"torch": torch.__version__, "peft": peft.__version__, "threads": torch.get_num_threads()}
 
