@@ -53,11 +53,7 @@ class HiraLayer final : public DictAdapterLayer {
     at::NoGradGuard no_grad;
     std::lock_guard<std::mutex> lock(mutex_);
     if (merged_.empty()) return;
-    if (original_.defined()) {
-      const at::Tensor weight = base_layer().weight();
-      weight.set_data(original_.to(weight.device(), weight.scalar_type()).contiguous());
-      original_ = at::Tensor();
-    }
+    restore_original(base_layer().weight(), original_);
     merged_.clear();
     publish();
   }
