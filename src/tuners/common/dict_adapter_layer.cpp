@@ -229,4 +229,17 @@ void DictAdapterLayer::unmerge(torch::nn::Module&) {
   publish();
 }
 
+void DictAdapterLayer::unmerge_to_kept_weight(at::Tensor& kept) {
+  at::NoGradGuard no_grad;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (merged_.empty()) return;
+  if (kept.defined()) {
+    const at::Tensor weight = base_layer().weight();
+    weight.set_data(kept.to(weight.device(), weight.scalar_type()).contiguous());
+    kept = at::Tensor();
+  }
+  merged_.clear();
+  publish();
+}
+
 }  // namespace peft::detail

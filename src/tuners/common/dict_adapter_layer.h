@@ -85,6 +85,9 @@ class DictAdapterLayer : public AdapterLayer {
   /// output so far (the base output), `record` the group's adapter.
   virtual at::Tensor forward_rows(torch::nn::Module& base, const at::Tensor& x, const at::Tensor& result,
                                   const AdapterRecord& record);
+  /// The unmerge of methods that keep the weight from before the first merge (merge_from_original.h): `kept`
+  /// comes back into the base weight (cast to its device and dtype) and every adapter is unmerged.
+  void unmerge_to_kept_weight(at::Tensor& kept);
 
  private:
   at::Tensor forward_per_sample(torch::nn::Module& base, const at::Tensor& x, BaseForward base_forward,

@@ -48,12 +48,4 @@ inline std::unique_ptr<PendingChange> prepare_merge_from_original(
   return std::make_unique<KeepOriginal>(std::move(merge), mutex, kept, std::move(original));
 }
 
-/// The unmerge of these methods, under the layer's mutex: `kept` (the weight from before the first merge) comes back
-/// into `weight`, cast to its device and dtype, and is forgotten.
-inline void restore_original(const at::Tensor& weight, at::Tensor& kept) {
-  if (!kept.defined()) return;
-  weight.set_data(kept.to(weight.device(), weight.scalar_type()).contiguous());
-  kept = at::Tensor();
-}
-
 }  // namespace peft::detail

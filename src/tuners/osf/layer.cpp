@@ -85,14 +85,7 @@ class OsfLayer final : public DictAdapterLayer {
   }
 
   /// The weight from before the first merge comes back, and every adapter is unmerged.
-  void unmerge(torch::nn::Module&) override {
-    at::NoGradGuard no_grad;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (merged_.empty()) return;
-    restore_original(base_layer().weight(), original_);
-    merged_.clear();
-    publish();
-  }
+  void unmerge(torch::nn::Module&) override { unmerge_to_kept_weight(original_); }
 
  protected:
   at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,

@@ -52,9 +52,9 @@ class RandLoraLayer final : public SharedBasisLayer {
                              param(GAMMA, adapter).scalar_type());
   }
 
-  at::Tensor adapter_output(const SharedBasisRecord& record, const at::Tensor& input) const override {
+  at::Tensor adapter_output(const CastInputRecord& record, const at::Tensor& input, bool) const override {
     const auto [first, second] = scaled_bases(record.name, input.device());
-    return at::linear(at::linear(input, first), second) * record.scaling;
+    return at::linear(at::linear(input, first), second) * static_cast<const SharedBasisRecord&>(record).scaling;
   }
 
   at::Tensor delta_weight(const AdapterRecord& r) const override {

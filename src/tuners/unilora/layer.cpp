@@ -5,7 +5,6 @@
 
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/bincount.h>
-#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
@@ -18,6 +17,7 @@
 #include <peft/error.h>
 
 #include "tuners/common/layer_checks.h"
+#include "tuners/common/cast_input_layer.h"
 #include "tuners/common/pending_adapter.h"
 #include "tuners/unilora/index.h"
 #include "tuners/unilora/layer.h"
@@ -25,10 +25,7 @@
 namespace peft::detail::unilora {
 namespace {
 
-struct Record : AdapterRecord {
-  using AdapterRecord::AdapterRecord;
-  double dropout = 0;
-};
+using Record = CastInputRecord;
 
 std::vector<DictAdapterLayer::Container> containers(bool save_indices) {
   std::vector<DictAdapterLayer::Container> out;
@@ -42,28 +39,22 @@ std::vector<DictAdapterLayer::Container> containers(bool save_indices) {
   return out;
 }
 
-class UniLoraLayer final : public DictAdapterLayer {
+class UniLoraLayer final : public CastInputLayer {
  public:
   enum Index : size_t { INDICES_A, INDICES_B, SCALES_A, SCALES_B, THETA };
 
   UniLoraLayer(const LayerRequest& request, const Method& method, bool save_indices)
-      : DictAdapterLayer(request, method, containers(save_indices)) {}
+      : CastInputLayer(request, method, containers(save_indices)) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
-                            BaseForward base_forward) override {
-    const c10::ScalarType previous = x.scalar_type();
-    at::Tensor result = base_forward(x);
-    at::Tensor input = x;
-    for (const auto& r : active) {
-      const auto& record = static_cast<const Record&>(*r);
-      const auto [a, b] = factors(record.name, /*to_float=*/false);
-      // Python casts the input to theta_d's dtype and keeps it for the following adapters.
-      input = input.to(param(THETA, record.name).scalar_type());
-      const at::Tensor dropped = record.dropout > 0 ? at::dropout(input, record.dropout, base.is_training()) : input;
-      result = result + at::linear(at::linear(dropped, a), b);
-    }
-    return result.to(previous);
+  // The input takes theta_d's dtype.
+  c10::ScalarType compute_dtype(const std::string& adapter, const c10::Device&) const override {
+    return param(THETA, adapter).scalar_type();
+  }
+
+  at::Tensor adapter_output(const CastInputRecord& record, const at::Tensor& input, bool) const override {
+    const auto [a, b] = factors(record.name, /*to_float=*/false);
+    return at::linear(at::linear(input, a), b);
   }
 
   at::Tensor delta_weight(const AdapterRecord& r) const override {

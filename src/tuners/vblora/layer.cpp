@@ -3,7 +3,6 @@
 // those logits. The bank is one tensor per adapter, shared by all its layers; the logits are the layer's.
 
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/isinf.h>
@@ -15,40 +14,34 @@
 #include <peft/error.h>
 
 #include "tuners/common/layer_checks.h"
+#include "tuners/common/cast_input_layer.h"
 #include "tuners/common/pending_adapter.h"
 #include "tuners/vblora/layer.h"
 
 namespace peft::detail::vblora {
 namespace {
 
-struct Record : AdapterRecord {
-  using AdapterRecord::AdapterRecord;
+struct Record : CastInputRecord {
+  using CastInputRecord::CastInputRecord;
   int64_t topk = 0;
-  double dropout = 0;
 };
 
-class VBLoRALayer final : public DictAdapterLayer {
+class VBLoRALayer final : public CastInputLayer {
  public:
   enum Index : size_t { LOGITS_A, LOGITS_B, BANK };
 
   VBLoRALayer(const LayerRequest& request, const Method& method)
-      : DictAdapterLayer(request, method, {{"vblora_logits_A"}, {"vblora_logits_B"}, {"vblora_vector_bank"}}) {}
+      : CastInputLayer(request, method, {{"vblora_logits_A"}, {"vblora_logits_B"}, {"vblora_vector_bank"}}) {}
 
  protected:
-  at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
-                            BaseForward base_forward) override {
-    const c10::ScalarType previous = x.scalar_type();
-    at::Tensor result = base_forward(x);
-    at::Tensor input = x;
-    for (const auto& r : active) {
-      const auto& record = static_cast<const Record&>(*r);
-      const auto [a, b] = factors(record, /*to_float=*/false, base.is_training());
-      // Python casts the input to the bank's dtype and keeps it for the following adapters.
-      input = input.to(param(BANK, record.name).scalar_type());
-      const at::Tensor dropped = record.dropout > 0 ? at::dropout(input, record.dropout, base.is_training()) : input;
-      result = result + at::linear(at::linear(dropped, a), b);
-    }
-    return result.to(previous);
+  // The input takes the bank's dtype.
+  c10::ScalarType compute_dtype(const std::string& adapter, const c10::Device&) const override {
+    return param(BANK, adapter).scalar_type();
+  }
+
+  at::Tensor adapter_output(const CastInputRecord& record, const at::Tensor& input, bool training) const override {
+    const auto [a, b] = factors(static_cast<const Record&>(record), /*to_float=*/false, training);
+    return at::linear(at::linear(input, a), b);
   }
 
   at::Tensor delta_weight(const AdapterRecord& r) const override {

@@ -32,7 +32,7 @@ class VeraLayer final : public SharedBasisLayer {
     return param(LAMBDA_D, adapter).scalar_type();
   }
 
-  at::Tensor adapter_output(const SharedBasisRecord& record, const at::Tensor& input) const override {
+  at::Tensor adapter_output(const CastInputRecord& record, const at::Tensor& input, bool) const override {
     const at::Tensor& lambda_b = param(LAMBDA_B, record.name);
     const at::Tensor& lambda_d = param(LAMBDA_D, record.name);
     const auto [a, b] = slices(record.name, lambda_d.options().device(input.device()));
