@@ -95,7 +95,8 @@ void check_state_dict_shapes(const StateDict& state_dict, const std::vector<std:
       if (const auto* shared = method.shared_container(key)) {
         if (!shared->saved(config)) continue;
         if (!shared->layer_keys) full_keys.clear();
-        if (shared_checked.insert(shared->checkpoint_key()).second) full_keys.push_back(shared->checkpoint_key());
+        const std::string model_key = shared->checkpoint_key(names[i]);
+        if (shared_checked.insert(model_key).second) full_keys.push_back(model_key);
       }
       for (const std::string& full_key : full_keys) {
         auto it = by_key.find(full_key);

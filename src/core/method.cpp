@@ -61,9 +61,14 @@ std::string Method::unsupported_layer_message(const torch::nn::Module& module, c
 
 std::string Method::SharedContainer::checkpoint_key() const { return kSharedPrefix + name; }
 
-void Method::shares(std::string name, std::function<bool(const PeftConfig&)> saved, bool layer_keys) {
+std::string Method::SharedContainer::checkpoint_key(const std::string& module) const {
+  return group ? checkpoint_key() + "." + group(module) : checkpoint_key();
+}
+
+void Method::shares(std::string name, std::function<bool(const PeftConfig&)> saved, bool layer_keys,
+                    std::function<std::string(const std::string&)> group) {
   if (!saved) saved = [](const PeftConfig&) { return true; };
-  shared_containers_.push_back({std::move(name), std::move(saved), layer_keys});
+  shared_containers_.push_back({std::move(name), std::move(saved), layer_keys, std::move(group)});
 }
 
 const Method::SharedContainer* Method::shared_container(const std::string& name) const {
@@ -75,7 +80,15 @@ const Method::SharedContainer* Method::shared_container(const std::string& name)
 
 const Method::SharedContainer* Method::shared_container_of_key(const std::string& key) const {
   if (shared_containers_.empty() || key.compare(0, kSharedPrefix.size(), kSharedPrefix) != 0) return nullptr;
-  return shared_container(key.substr(kSharedPrefix.size()));
+  const std::string rest = key.substr(kSharedPrefix.size());
+  for (const auto& shared : shared_containers_) {
+    if (!shared.group && rest == shared.name) return &shared;
+    if (shared.group && rest.size() > shared.name.size() + 1 && rest.compare(0, shared.name.size(), shared.name) == 0 &&
+        rest[shared.name.size()] == '.') {
+      return &shared;
+    }
+  }
+  return nullptr;
 }
 
 void Method::unsupported(const std::string& name, const std::string& why, nlohmann::json python_default) {

@@ -128,17 +128,23 @@ class Method {
   /// checkpoints hold the tensor under every layer's own key "<layer>.<name>" as well:
   /// get_peft_model_state_dict gives those, save_adapter adds "base_model.<name>" (the tuner's entry, which
   /// Python's save_pretrained writes too), and loading accepts any of them without expecting the model-level one.
+  ///
+  /// With `group` (FRoD, whose tuner keeps one tensor per category of layers), the tensor is one per adapter and
+  /// group: layers of one group share it, and its key is "base_model.<name>.<group(layer name)>".
   struct SharedContainer {
     std::string name;
     std::function<bool(const PeftConfig&)> saved;
     bool layer_keys = false;
+    std::function<std::string(const std::string& module)> group;
     /// "base_model.<name>", Python's key in get_peft_model_state_dict and adapter_model.safetensors.
     std::string checkpoint_key() const;
+    /// The key of the tensor the layer `module` holds: checkpoint_key(), plus ".<group>" for a grouped container.
+    std::string checkpoint_key(const std::string& module) const;
   };
   const std::vector<SharedContainer>& shared_containers() const { return shared_containers_; }
   /// The shared container named `name` (a container of the method's layers), or nullptr.
   const SharedContainer* shared_container(const std::string& name) const;
-  /// The shared container whose checkpoint key is `key` ("base_model.vera_A"), or nullptr.
+  /// The shared container whose checkpoint key is `key` ("base_model.vera_A", "base_model.frod_V.<group>"), or nullptr.
   const SharedContainer* shared_container_of_key(const std::string& key) const;
 
   // ---- checkpoints without a model (offline merge, inspect)
@@ -170,7 +176,8 @@ class Method {
   void rank_keys(std::vector<std::pair<std::string, int64_t>> keys) { rank_keys_ = std::move(keys); }
   void rank_fields(RankFields fields) { rank_fields_ = std::move(fields); }
   /// Declares a shared container (see SharedContainer); `saved` defaults to always.
-  void shares(std::string name, std::function<bool(const PeftConfig&)> saved = nullptr, bool layer_keys = false);
+  void shares(std::string name, std::function<bool(const PeftConfig&)> saved = nullptr, bool layer_keys = false,
+              std::function<std::string(const std::string&)> group = nullptr);
   /// Checks before any field is read (OFT refuses files from before its format change).
   virtual void check_file(const JsonConfigReader& in) const {}
   /// Checks of combinations of fields (each field's own checks run first).
@@ -206,9 +213,10 @@ class MethodOf : public Method {
     return ref;
   }
   /// A shared container saved when `saved(config)` holds: shares("vera_A", [](const VeraConfig& c) { ... }).
-  void shares(std::string name, std::function<bool(const Config&)> saved, bool layer_keys = false) {
+  void shares(std::string name, std::function<bool(const Config&)> saved, bool layer_keys = false,
+              std::function<std::string(const std::string&)> group = nullptr) {
     Method::shares(std::move(name), [saved](const PeftConfig& c) { return saved(static_cast<const Config&>(c)); },
-                   layer_keys);
+                   layer_keys, std::move(group));
   }
   using Method::shares;
 

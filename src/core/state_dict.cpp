@@ -87,10 +87,11 @@ void add_adapter_slots(AdapterSlots& out, const std::vector<AdaptedLayer>& layer
         if (shared->layer_keys) {
           const std::string key = join(layer.name, t.key);
           out.add(key, slot, AdapterSlots::LAYER);
-          layer_keys_of_shared.emplace_back(key, shared->checkpoint_key());
+          layer_keys_of_shared.emplace_back(key, shared->checkpoint_key(layer.name));
         }
-        slot.model_key = shared->checkpoint_key();
-        out.add(shared->checkpoint_key(), std::move(slot),
+        const std::string model_key = shared->checkpoint_key(layer.name);
+        slot.model_key = model_key;
+        out.add(model_key, std::move(slot),
                 shared->layer_keys ? AdapterSlots::FILE_ONLY : AdapterSlots::SHARED);
       }
     }

@@ -123,7 +123,8 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   StateDict shared;  // model-level tensors the layers share (VeRA's "base_model.vera_A"), loaded with them
   for (const auto& item : adapter) {
     if (method.shared_container_of_key(item.key())) {
-      shared.insert(item.key(), item.value().to(at::kFloat));
+      // Integer tensors (FRoD's sparse indices) keep their dtype.
+      shared.insert(item.key(), item.value().is_floating_point() ? item.value().to(at::kFloat) : item.value());
       continue;
     }
     const std::string key = detail::strip_save_prefix(item.key());
