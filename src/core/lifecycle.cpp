@@ -255,19 +255,6 @@ AdapterNamesPerSample::AdapterNamesPerSample(ModuleRef model_ref, std::vector<st
 
 AdapterNamesPerSample::~AdapterNamesPerSample() { detail::set_current_sample_routing(previous_); }
 
-TaskIds::TaskIds(ModuleRef model_ref, at::Tensor task_ids)
-    : routing_(std::make_unique<Routing>()), previous_(detail::current_task_ids()) {
-  if (!task_ids.defined() || task_ids.dim() != 1 || task_ids.is_floating_point() || task_ids.is_complex() ||
-      task_ids.scalar_type() == at::kBool) {
-    throw ConfigError("task_ids must be a 1-D integer tensor with one task id per sample.");
-  }
-  routing_->task_ids = task_ids.to(at::kLong);
-  for (const AdaptedLayer& layer : detail::adapted_layers(model_ref.get())) routing_->layers.insert(layer.adapters);
-  detail::set_current_task_ids(routing_.get());
-}
-
-TaskIds::~TaskIds() { detail::set_current_task_ids(previous_); }
-
 void set_requires_grad(ModuleRef model_ref, const std::vector<std::string>& names, bool requires_grad) {
   torch::nn::Module& model = model_ref.get();
   require_known(model, names);
@@ -336,13 +323,10 @@ void print_trainable_parameters(ConstModuleRef model) { print_trainable_paramete
 namespace peft::detail {
 namespace {
 thread_local const AdapterNamesPerSample::Routing* tls_routing = nullptr;
-thread_local const TaskIds::Routing* tls_task_ids = nullptr;
 }  // namespace
 
 const AdapterNamesPerSample::Routing* current_sample_routing() { return tls_routing; }
 void set_current_sample_routing(const AdapterNamesPerSample::Routing* routing) { tls_routing = routing; }
-const TaskIds::Routing* current_task_ids() { return tls_task_ids; }
-void set_current_task_ids(const TaskIds::Routing* routing) { tls_task_ids = routing; }
 
 void check_sample_routing(const at::Tensor& x, const AdapterNamesPerSample::Routing& routing, bool merged) {
   if (x.dim() == 0 || x.size(0) != static_cast<int64_t>(routing.names.size())) {

@@ -25,11 +25,6 @@ struct AdapterNamesPerSample::Routing {
 
 };
 
-struct TaskIds::Routing {
-  at::Tensor task_ids;                                     // int64, one per sample
-  std::unordered_set<const detail::AdapterLayer*> layers;  // the layers of the guarded model
-};
-
 }  // namespace peft
 
 namespace peft::detail {
@@ -37,10 +32,6 @@ namespace peft::detail {
 /// The calling thread's innermost AdapterNamesPerSample, or nullptr.
 const AdapterNamesPerSample::Routing* current_sample_routing();
 void set_current_sample_routing(const AdapterNamesPerSample::Routing* routing);
-
-/// The calling thread's innermost TaskIds, or nullptr.
-const TaskIds::Routing* current_task_ids();
-void set_current_task_ids(const TaskIds::Routing* routing);
 
 /// Python PEFT's _check_forward_args for adapter_names: one name per row of `x`, and no merged adapter
 /// (`merged`) on the layer; ConfigError with Python's texts otherwise.

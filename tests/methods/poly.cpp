@@ -46,7 +46,9 @@ TEST(Poly, TrainingModeSamplesTheRouterAsPython) {
     const VectorCase c = VectorCase::load(name);
     WarningCapture warnings;
     VectorModel model = base_model(c);
-    peft::load_adapter(*model, c.dir.string());
+    peft::LoadAdapterOptions trainable;
+    trainable.is_trainable = true;
+    peft::load_adapter(*model, c.dir.string(), "default", trainable);
     model->train();
     const peft::TaskIds tasks(*model, case_task_ids(c));
     torch::manual_seed(99);

@@ -18,9 +18,9 @@
 #include <torch/nn/module.h>
 
 #include <peft/error.h>
-#include <peft/lifecycle.h>
+#include <peft/tuners/poly/task_ids.h>
 
-#include "core/sample_routing.h"
+#include "tuners/poly/task_routing.h"
 #include "tuners/common/pending_adapter.h"
 #include "tuners/poly/layer.h"
 

@@ -13,7 +13,7 @@ namespace peft {
 /// each adapted layer holds n_skills LoRA pairs, split into n_splits heads; a router with one row of logits per
 /// task mixes the skills of each head for each sample's task. y = W x + (x A_t) B_t / r per sample, with A_t, B_t
 /// the mixtures for the sample's task t. Every forward needs the per-sample task ids: hold a peft::TaskIds guard
-/// (<peft/lifecycle.h>) around it. Targets Linear layers; inputs are (batch, sequence, features), as in Python.
+/// (<peft/tuners/poly/task_ids.h>) around it. Targets Linear layers; inputs are (batch, sequence, features), as in Python.
 class PEFT_API PolyConfig : public MethodConfig<PolyConfig> {
  public:
   std::string peft_type() const override { return "POLY"; }
