@@ -75,7 +75,15 @@ const Method::SharedContainer* Method::shared_container(const std::string& name)
 
 const Method::SharedContainer* Method::shared_container_of_key(const std::string& key) const {
   if (shared_containers_.empty() || key.compare(0, kSharedPrefix.size(), kSharedPrefix) != 0) return nullptr;
-  return shared_container(key.substr(kSharedPrefix.size()));
+  const std::string name = key.substr(kSharedPrefix.size());
+  if (const SharedContainer* whole = shared_container(name)) return whole;
+  // One row of it, where the method's checkpoints split the tensor ("base_model.tinylora_v.0").
+  const auto dot = name.rfind('.');
+  if (dot == std::string::npos || dot + 1 == name.size() ||
+      name.find_first_not_of("0123456789", dot + 1) != std::string::npos) {
+    return nullptr;
+  }
+  return shared_container(name.substr(0, dot));
 }
 
 void Method::unsupported(const std::string& name, const std::string& why, nlohmann::json python_default) {
