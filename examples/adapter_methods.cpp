@@ -80,6 +80,7 @@ std::vector<Example> examples() {
       {"Super-Tuning", [=] { return shared(peft::SupertuningConfig().sparsity(0.9).r(4).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"GraLoRA", [=] { return shared(peft::GraloraConfig().r(8).gralora_k(2).hybrid_r(2).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"UniLoRA", [=] { return shared(peft::UniLoraConfig().r(4).theta_d_length(64).init_theta_d_bound(0.5).target_modules({"lin0", "lin1"})); }},
+      {"TinyLoRA", [=] { return shared(peft::TinyLoraConfig().r(2).u(8).weight_tying(0.5).init_weights("uniform").init_v_bound(0.5).target_modules({"lin0", "lin1"})); }},
       {"HiRA", [=] { return shared(peft::HiraConfig().r(4).target_modules({"lin0", "lin1", "conv"}).init_weights(false)); }},
       {"PSOFT", [=] { return shared(peft::PsoftConfig().r(8).psoft_alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"OSF", [=] { return shared(peft::OsfConfig().effective_rank(0.75).target_modules({"lin0", "lin1"})); }},

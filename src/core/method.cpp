@@ -88,7 +88,14 @@ const Method::SharedContainer* Method::shared_container_of_key(const std::string
       return &shared;
     }
   }
-  return nullptr;
+  // One row of a tensor the method's checkpoints split by its first dimension ("base_model.tinylora_v.0").
+  const auto dot = rest.rfind('.');
+  if (dot == std::string::npos || dot + 1 == rest.size() ||
+      rest.find_first_not_of("0123456789", dot + 1) != std::string::npos) {
+    return nullptr;
+  }
+  const SharedContainer* whole = shared_container(rest.substr(0, dot));
+  return whole && !whole->group ? whole : nullptr;
 }
 
 void Method::unsupported(const std::string& name, const std::string& why, nlohmann::json python_default) {

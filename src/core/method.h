@@ -144,7 +144,9 @@ class Method {
   const std::vector<SharedContainer>& shared_containers() const { return shared_containers_; }
   /// The shared container named `name` (a container of the method's layers), or nullptr.
   const SharedContainer* shared_container(const std::string& name) const;
-  /// The shared container whose checkpoint key is `key` ("base_model.vera_A", "base_model.frod_V.<group>"), or nullptr.
+  /// The shared container whose checkpoint key is `key` ("base_model.vera_A", "base_model.frod_V.<group>"), or one
+  /// row of it where the method's checkpoints split the tensor by its first dimension ("base_model.tinylora_v.0"), or
+  /// nullptr.
   const SharedContainer* shared_container_of_key(const std::string& key) const;
 
   // ---- checkpoints without a model (offline merge, inspect)
