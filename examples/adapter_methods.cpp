@@ -67,6 +67,7 @@ std::vector<Example> examples() {
       {"C3A", [=] { return shared(peft::C3AConfig().block_size(16).target_modules({"lin0", "lin1"}).init_weights("gaussian")); }},
       {"MiSS", [=] { return shared(peft::MissConfig().r(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"VeRA", [=] { return shared(peft::VeraConfig().r(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"PVeRA", [=] { return shared(peft::PveraConfig().r(16).generator_seed(0).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"RandLoRA", [=] { return shared(peft::RandLoraConfig().r(4).randlora_alpha(8).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"PEANuT", [=] { return shared(peft::PeanutConfig().r(4).depth(1).act_fn("gelu").target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"VB-LoRA", [=] { return shared(peft::VBLoRAConfig().r(4).num_vectors(32).vector_length(16).init_vector_bank_bound(0.5).target_modules({"lin0", "lin1"})); }},

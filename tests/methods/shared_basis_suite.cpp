@@ -1,4 +1,5 @@
-// The checks every method with frozen random bases shared by all layers of an adapter must pass (VeRA, RandLoRA):
+// The checks every method with frozen random bases shared by all layers of an adapter must pass (VeRA, PVeRA,
+// RandLoRA):
 // a second adapter gets its own bases and deleting it removes them, Python's checks across adapters, state-dict
 // injection, casts, layer selection, misshaped bases in a file, Conv1D-style layers, offline merge. What is
 // special about one method stays in tests/methods/<method>.cpp.
@@ -45,7 +46,7 @@ TEST_P(SharedBases, SecondAdapterHasItsOwnBasesAndDeleteRemovesThem) {
   const at::Tensor a_other = named_buffer(*model, "lin0." + a() + ".other");
   EXPECT_FALSE(same_tensor(named_buffer(*model, "lin0." + a() + ".default"), a_other));
   EXPECT_TRUE(same_tensor(a_other, named_buffer(*model, "lin1." + a() + ".other")));
-  EXPECT_EQ(a_other.size(0), 6);
+  EXPECT_EQ(a_other.size(0), 6 * method().a_rows_per_rank);
 
   peft::set_adapter(model, "default");
   const at::Tensor with_default = model->forward(mlp_input());
@@ -75,7 +76,8 @@ TEST_P(SharedBases, AdaptersMustShareTheKeyAndTheSaveProjectionSetting) {
     ADD_FAILURE() << "mixed save_projection was accepted";
   } catch (const peft::ConfigError& e) {
     EXPECT_EQ(std::string(e.what()), method().save_error + " projection weights must be saved for all adapters or "
-                                                           "none, but got multiple different values: [False, True]");
+                                                           "none, but got multiple different values: " +
+                                         method().save_values);
   }
   EXPECT_TRUE(ModelSnapshot(*model) == before);
   EXPECT_EQ(peft::adapter_names(model), std::vector<std::string>{"default"});
@@ -245,7 +247,22 @@ INSTANTIATE_TEST_SUITE_P(
                                       {4, 16},
                                       {16, 4},
                                       1e-5,
-                                      "relying on PRNG initialisation to restore these projections"},
+                                      "relying on PRNG initialisation to restore these projections",
+                                      1,
+                                      "[False, True]"},
+                    SharedBasisMethod{"PVERA",
+                                      "pvera",
+                                      "PVeRA",
+                                      "PVeRA",
+                                      json::object(),
+                                      {4, 10},
+                                      {"base_model.pvera_A"},
+                                      {8, 16},
+                                      {16, 4},
+                                      1e-5,
+                                      "relying on PRNG initialisation to restore these projections",
+                                      2,
+                                      "{False, True}"},
                     SharedBasisMethod{"RANDLORA",
                                       "randlora",
                                       "RandLora",
@@ -256,7 +273,9 @@ INSTANTIATE_TEST_SUITE_P(
                                       {4, 1, 16},
                                       {16, 4, 4},
                                       1e-4,
-                                      "Specified to not save basis_A and basis_B within the state dictionary"}),
+                                      "Specified to not save basis_A and basis_B within the state dictionary",
+                                      1,
+                                      "[False, True]"}),
     [](const testing::TestParamInfo<SharedBasisMethod>& info) { return info.param.prefix; });
 
 }  // namespace

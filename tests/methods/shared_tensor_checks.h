@@ -83,7 +83,7 @@ inline void expect_offline_merge_matches(const std::string& case_name) {
 }
 
 /// A method whose adapters hold frozen random bases drawn from projection_prng_key and shared by all their layers
-/// (VeRA, RandLoRA): what shared_basis_suite.cpp needs to run its checks on it.
+/// (VeRA, PVeRA, RandLoRA): what shared_basis_suite.cpp needs to run its checks on it.
 struct SharedBasisMethod {
   std::string peft_type;              ///< "VERA"
   std::string prefix;                 ///< "vera": bases <prefix>_A / <prefix>_B, <prefix>_dropout, "<prefix>_only"
@@ -95,6 +95,8 @@ struct SharedBasisMethod {
   std::vector<int64_t> fc1_a_shape, fc2_b_shape;  ///< bases of a blocks model adapted on block 1's fc1/fc2 (r=4)
   double transposed_merge_atol;       ///< merged vs unmerged output of a Conv1D-style layer
   std::string regenerate_warning;     ///< part of Python's warning when a save_projection=false adapter loads
+  int64_t a_rows_per_rank;            ///< rows of <prefix>_A per unit of r (PVeRA: 2, a mean and a log-variance half)
+  std::string save_values;            ///< how Python's mixed save_projection error prints the values
 };
 
 /// Validating `fields` (+ peft_type, target_modules lin0/lin1) throws a ConfigError containing `text`.
