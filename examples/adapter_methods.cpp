@@ -83,6 +83,7 @@ std::vector<Example> examples() {
       {"HiRA", [=] { return shared(peft::HiraConfig().r(4).target_modules({"lin0", "lin1", "conv"}).init_weights(false)); }},
       {"PSOFT", [=] { return shared(peft::PsoftConfig().r(8).psoft_alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"OSF", [=] { return shared(peft::OsfConfig().effective_rank(0.75).target_modules({"lin0", "lin1"})); }},
+      {"AdaMSS", [=] { return shared(peft::AdamssConfig().r(16).num_subspaces(4).subspace_rank(2).target_modules({"lin0", "lin1"}).init_weights(std::nullopt)); }},
   };
 }
 
