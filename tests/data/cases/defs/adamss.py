@@ -19,9 +19,9 @@ case("adamss_mlp", S.mlp_spec,
      "seed, and 6 subspaces clamped to lin2's 4 output rows",
      perturb="always")
 case("adamss_nobias_random", mlp_nobias_spec,
-     [("default", peft.AdamssConfig(r=30, num_subspaces=4, subspace_rank=3, init_weights=None, use_asa=True,
+     [("default", peft.AdamssConfig(r=12, num_subspaces=4, subspace_rank=3, init_weights=None, use_asa=True,
                                     asa_target_subspaces=5, init_warmup=2, final_warmup=9, mask_interval=3,
                                     asa_importance_beta=0.7, asa_uncertainty_beta=0.8, asa_schedule_exponent=2.0,
                                     target_modules=["lin0", "lin1"]))],
-     "AdaMSS with init_weights=None (random B), a bias-less lin1, r larger than the layers (clamped), ASA options "
+     "AdaMSS with init_weights=None (random B), a bias-less lin1, r above lin0's 11 columns (clamped), ASA options "
      "(training-time only)")

@@ -13,7 +13,8 @@ loaded for training (get_peft_model + set_peft_model_state_dict). Each step s = 
 w = linspace(-1, 1) over the output, backward, plain SGD (p -= 0.5 * grad) on the tensors that have a gradient,
 model.base_model.update_and_allocate(s), gradients cleared. It writes, next to itself:
   reference.json         per step, the trainable adapter tensors (state-dict names) after update_and_allocate.
-  reference.safetensors  the adapter tensors after the last step (get_peft_model_state_dict).
+  reference.safetensors  the adapter tensors after the last step (get_peft_model_state_dict, keys without
+                         "base_model.model.").
 """
 
 import json
@@ -59,5 +60,6 @@ for step in range(STEPS):
 
 with open(os.path.join(HERE, "reference.json"), "w") as f:
     json.dump({"steps": steps, "lr": LR}, f, indent=1)
-save_file({k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()},
+prefix = "base_model.model."
+save_file({k[len(prefix):]: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()},
           os.path.join(HERE, "reference.safetensors"), metadata={"format": "pt"})
