@@ -124,6 +124,42 @@ bool trainable_tokens_example(const std::filesystem::path& root) {
                 merged);
 }
 
+// Poly on Net's Linear layers, with a (batch, sequence, features) input: every forward names each sample's task
+// with a peft::TaskIds guard. Poly cannot be merged (as in Python): the merge is refused and the adapter still runs.
+bool poly_example(const std::filesystem::path& root) {
+  const auto x = torch::randn({3, 5, 32}), image = torch::randn({2, 4, 6, 6});
+  const auto task_ids = torch::tensor({2, 0, 1});
+  torch::manual_seed(0);
+  Net net;
+  net->eval();
+  const auto base = net->forward(x, image);
+  const auto config = peft::PolyConfig().r(4).n_tasks(3).n_skills(4).n_splits(2).target_modules({"lin0", "lin1"}).init_weights(false);
+  peft::inject_adapter_in_model(config, net);
+  torch::Tensor adapted, reloaded, merged;
+  {
+    const peft::TaskIds tasks(*net, task_ids);
+    adapted = net->forward(x, image);
+  }
+  const auto dir = root / config.peft_type();
+  peft::save_adapter(*net, dir.string());
+  torch::manual_seed(0);
+  Net fresh;
+  fresh->eval();
+  peft::load_adapter(*fresh, dir.string());
+  const peft::TaskIds tasks(*fresh, task_ids);
+  reloaded = fresh->forward(x, image);
+  bool refused = false;
+  try {
+    peft::merge_and_unload(*fresh);
+  } catch (const peft::MergeError&) {
+    refused = true;
+  }
+  if (!refused) std::cout << "FAIL Poly: merge_and_unload should have been refused\n";
+  merged = fresh->forward(x, image);
+  return report("Poly (task ids per sample)", peft::trainable_parameters(*net).trainable, base, adapted, reloaded, merged) &&
+         refused;
+}
+
 int main(int argc, char** argv) {
   const std::filesystem::path root = argc > 1 ? argv[1] : std::filesystem::temp_directory_path() / "peft-cpp-methods";
   const auto x = torch::randn({4, 32}), image = torch::randn({2, 4, 6, 6});
@@ -177,5 +213,6 @@ int main(int argc, char** argv) {
     failures += ok && merge_as_expected ? 0 : 1;
   }
   failures += trainable_tokens_example(root) ? 0 : 1;
+  failures += poly_example(root) ? 0 : 1;
   return failures == 0 ? 0 : 1;
 }

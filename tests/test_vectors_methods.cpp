@@ -31,6 +31,13 @@ std::string read_bytes(const fs::path& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
+/// Cases of methods routed by task (Poly) hold the task ids their forwards used (task_ids.safetensors): a
+/// peft::TaskIds guard with them while the case's forwards run; none for the other cases.
+std::unique_ptr<peft::TaskIds> task_ids_guard(const VectorCase& c, torch::nn::Module& model) {
+  if (!c.has("task_ids.safetensors")) return nullptr;
+  return std::make_unique<peft::TaskIds>(model, c.tensor("task_ids.safetensors", "task_ids"));
+}
+
 class MethodVectors : public testing::TestWithParam<std::string> {};
 
 TEST_P(MethodVectors, OutputAndStateDictMatchPython) {
@@ -41,6 +48,7 @@ TEST_P(MethodVectors, OutputAndStateDictMatchPython) {
     peft::LoadAdapterOptions options;
     options.low_cpu_mem_usage = low_cpu;
     const peft::LoadResult result = peft::load_adapter(*model, c.dir.string(), "default", options);
+    const auto tasks = task_ids_guard(c, *model);
     EXPECT_TRUE(result.missing_keys.empty()) << result.missing_keys.front();
     EXPECT_TRUE(result.unexpected_keys.empty()) << result.unexpected_keys.front();
     EXPECT_LT(max_abs_diff(model->forward(c.input()), c.tensor("output.safetensors")), kOutputAtol) << "low_cpu=" << low_cpu;
@@ -69,6 +77,7 @@ TEST_P(MethodVectors, MergeMatchesPython) {
   WarningCapture warnings;
   VectorModel model = base_model(c);
   peft::load_adapter(*model, c.dir.string());
+  const auto tasks = task_ids_guard(c, *model);
   if (!c.has("output_merged.safetensors")) {
     // Python PEFT cannot merge this method either: refused, and nothing changes.
     const ModelSnapshot before(*model);
