@@ -86,6 +86,7 @@ std::vector<Example> examples() {
       {"PSOFT", [=] { return shared(peft::PsoftConfig().r(8).psoft_alpha(16).target_modules({"lin0", "lin1"}).init_weights(false)); }},
       {"OSF", [=] { return shared(peft::OsfConfig().effective_rank(0.75).target_modules({"lin0", "lin1"})); }},
       {"FRoD", [=] { return shared(peft::FrodConfig().sparse_rate(0.05).target_modules({"lin0", "lin1"}).init_weights(false)); }},
+      {"AdaMSS", [=] { return shared(peft::AdamssConfig().r(16).num_subspaces(4).subspace_rank(2).target_modules({"lin0", "lin1"}).init_weights(std::nullopt)); }},
   };
 }
 
