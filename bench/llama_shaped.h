@@ -15,7 +15,7 @@ enum class BaseWeights {
 
 struct LlamaShapedImpl : torch::nn::Module {
   LlamaShapedImpl(int64_t layers, int64_t hidden, int64_t intermediate, BaseWeights weights);
-  /// A forward through every projection (x -> o(q(x) + k(x) + v(x)) -> down(gate(x) * up(x)), per layer).
+  /// A forward through every projection (per layer x += o(q(x) + k(x) + v(x)); x += down(gate(x) * up(x))).
   torch::Tensor forward(torch::Tensor x);
 
   std::vector<std::array<torch::nn::Linear, 7>> projections;

@@ -12,12 +12,13 @@ The models, identical in bench_training.cpp:
 - "classifier": examples/finetune_fashion_mnist.cpp's MLP (784 -> 256 -> 128 -> 10), LoRA r=8 alpha=16 on fc1 and
   fc2, the head trained as modules_to_save, AdamW(lr 2e-3), cross-entropy on a batch of 128 images;
 - "llama": bench/llama_shaped.h's tree, 4 layers, hidden 512, intermediate 1376 (bias-free Linears, weights
-  N(0, 0.02); per layer x = o(q(x) + k(x) + v(x)); x = down(gate(x) * up(x))), LoRA r=16 alpha=32 on q_proj and
+  N(0, 0.02); per layer x += o(q(x) + k(x) + v(x)); x += down(gate(x) * up(x))), LoRA r=16 alpha=32 on q_proj and
   v_proj, AdamW(lr 1e-3), loss mean(y^2) on a (4, 64, 512) batch.
 """
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -50,8 +51,8 @@ class Block(nn.Module):
 
     def forward(self, x):
         a = self.self_attn
-        x = a.o_proj(a.q_proj(x) + a.k_proj(x) + a.v_proj(x))
-        return self.mlp.down_proj(self.mlp.gate_proj(x) * self.mlp.up_proj(x))
+        x = x + a.o_proj(a.q_proj(x) + a.k_proj(x) + a.v_proj(x))
+        return x + self.mlp.down_proj(self.mlp.gate_proj(x) * self.mlp.up_proj(x))
 
 
 class LlamaShaped(nn.Module):
@@ -88,7 +89,12 @@ def steps_per_second(model, optimizer, x, loss_fn, steps, warmup=3, runs=5):
 
 
 def main():
-    torch.set_num_threads(os.cpu_count())
+    # --threads N: torch's threads. OpenBLAS keeps one thread per core unless OMP_NUM_THREADS (or
+    # OPENBLAS_NUM_THREADS) is set before the start: run with OMP_NUM_THREADS=N to compare with C++ at N threads.
+    threads = os.cpu_count()
+    if len(sys.argv) == 3 and sys.argv[1] == "--threads":
+        threads = int(sys.argv[2])
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     results = {"torch": torch.__version__, "peft": peft.__version__, "threads": torch.get_num_threads()}
 

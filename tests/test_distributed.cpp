@@ -48,6 +48,14 @@ TEST(Distributed, ACrashedRankStopsTheJob) {
   EXPECT_EQ(run(launch(2, "crash")), 3);
 }
 
+TEST(Distributed, LaunchGivesEachProcessOneThreadUnlessTold) {
+  // As torchrun: several ranks each with a thread pool per core would oversubscribe the cores.
+  const std::string cli = PEFT_CLI_BINARY;
+  EXPECT_EQ(run("env -u OMP_NUM_THREADS " + cli + " launch -n 2 -- /bin/sh -c 'test \"$OMP_NUM_THREADS\" = 1'"), 0);
+  EXPECT_EQ(run("OMP_NUM_THREADS=3 " + cli + " launch -n 2 -- /bin/sh -c 'test \"$OMP_NUM_THREADS\" = 3'"), 0);
+  EXPECT_EQ(run("env -u OMP_NUM_THREADS " + cli + " launch -n 1 -- /bin/sh -c 'test -z \"$OMP_NUM_THREADS\"'"), 0);
+}
+
 TEST(Distributed, EnvironmentErrorsNameTheVariable) {
   ::unsetenv("WORLD_SIZE");
   try {

@@ -55,7 +55,8 @@ PEFT_API void all_reduce_gradients(ModuleRef model, c10d::ProcessGroup& group, s
 
 /// Runs `command` (program and arguments, looked up in PATH) as `nproc` local processes with torchrun's
 /// variables set (RANK = LOCAL_RANK = 0..nproc-1, WORLD_SIZE = LOCAL_WORLD_SIZE = nproc, MASTER_ADDR =
-/// `master_addr`, MASTER_PORT = `master_port`, or a free port when 0). SIGINT and SIGTERM are passed on to
+/// `master_addr`, MASTER_PORT = `master_port`, or a free port when 0; and, as torchrun does, OMP_NUM_THREADS = 1
+/// when nproc > 1 and it is not set, with a warning). SIGINT and SIGTERM are passed on to
 /// the processes. When one fails (non-zero exit or a signal), the others are terminated at once (SIGTERM, then
 /// SIGKILL after 5 s), so a crashed rank never leaves the others waiting. Returns 0 when all succeed, else the
 /// first failure's exit code (128 + signal number for a signal).

@@ -10,9 +10,12 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <thread>
+
+#include <c10/util/Exception.h>
 
 #include <peft/error.h>
 
@@ -57,6 +60,13 @@ int launch(int nproc, const std::vector<std::string>& command, int master_port, 
   if (command.empty()) throw ConfigError("launch: no command to run (peft-cpp launch -n N -- PROGRAM ARGS...).");
   if (g_count.load() != 0) throw Error("launch: already running a launch in this process.");
   const int port = master_port > 0 ? master_port : free_port();
+  // As torchrun: N processes each starting a thread pool per core (LibTorch's and OpenBLAS's, which
+  // torch::set_num_threads does not reach) oversubscribe the cores; on 2 cores that made 2 ranks 2x slower than 1.
+  const bool one_thread_each = nproc > 1 && !std::getenv("OMP_NUM_THREADS");
+  if (one_thread_each) {
+    TORCH_WARN("launch: OMP_NUM_THREADS is not set; each of the ", nproc, " processes gets OMP_NUM_THREADS=1 (as with "
+               "torchrun) so that their thread pools do not oversubscribe the cores. Set it to tune.");
+  }
 
   std::vector<char*> argv;
   for (const std::string& arg : command) argv.push_back(const_cast<char*>(arg.c_str()));
@@ -83,6 +93,7 @@ int launch(int nproc, const std::vector<std::string>& command, int master_port, 
       ::setenv("LOCAL_WORLD_SIZE", n.c_str(), 1);
       ::setenv("MASTER_ADDR", master_addr.c_str(), 1);
       ::setenv("MASTER_PORT", p.c_str(), 1);
+      if (one_thread_each) ::setenv("OMP_NUM_THREADS", "1", 1);
       ::execvp(argv[0], argv.data());
       std::cerr << "peft-cpp launch: cannot run " << command.front() << ": " << std::strerror(errno) << "\n";
       ::_exit(127);
