@@ -18,11 +18,12 @@ constexpr double kSetStateDict7b = 52.1;
 }  // namespace peft_bench::python_ms
 
 // Python PEFT's training steps per second for bench_training.cpp's models, from bench/python_training.py (reference
-// environment, torch 1.13.1, same machine type, 2 threads); last run 2026-12-07. With 1 thread the same script gave
-// 694.7 and 9.22 steps/s: this VM's 2-thread timings vary 2-3x between runs (bench/README.md).
+// environment, torch 1.13.1, same machine type, default threads = 2); last run 2026-12-07, after the Llama-shaped
+// stack got its residual connections. With OMP_NUM_THREADS=1 (one thread for torch and OpenBLAS) the same script gave
+// 697.4 and 6.09 steps/s. This VM's 2-thread timings vary 1.5-3x between runs (bench/README.md).
 namespace peft_bench::python_steps_per_s {
 
-constexpr double kTrainClassifier = 287.7;
-constexpr double kTrainLlama = 3.33;
+constexpr double kTrainClassifier = 198.1;
+constexpr double kTrainLlama = 3.20;
 
 }  // namespace peft_bench::python_steps_per_s
