@@ -79,12 +79,12 @@ int64_t layer_index_of(const std::string& key, int64_t fallback) {
   return fallback;
 }
 
-class FrodLayer final : public DictAdapterLayer {
+class FrodLayer final : public KeptWeightLayer {
  public:
   enum Index : size_t { LAMBDA_L, S_VALUES, V, S_INDICES, S_SIZE, U };
 
   FrodLayer(const LayerRequest& request, const Method& method)
-      : DictAdapterLayer(request, method,
+      : KeptWeightLayer(request, method,
                          {{"frod_lambda_l"},
                           {"frod_lambda_s_values"},
                           // Frozen, shared by the adapter's layers of one category (Method::shares).
@@ -93,22 +93,6 @@ class FrodLayer final : public DictAdapterLayer {
                           {"frod_s_size", false, true, /*holds_buffers=*/true},
                           // Frozen, solved from the base weight at injection; Python does not save it.
                           {"frod_U", false, /*in_checkpoint=*/false, /*holds_buffers=*/true}}) {}
-
-  std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
-                                               bool safe_merge) override {
-    at::Tensor original;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      original = original_;
-    }
-    const at::Tensor weight = base_layer().weight().detach();
-    if (!original.defined() && !weight.device().is_meta()) original = weight.clone().cpu();
-    return prepare_merge_from_original(std::move(original), pending_original_, mutex_, original_,
-                                       [&] { return DictAdapterLayer::prepare_merge(base, names, safe_merge); });
-  }
-
-  /// Python's unmerge: the weight from before the first merge comes back, and every adapter is unmerged.
-  void unmerge(torch::nn::Module&) override { unmerge_to_kept_weight(original_); }
 
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
@@ -181,8 +165,6 @@ class FrodLayer final : public DictAdapterLayer {
     return at::sparse_coo_tensor(indices, values, {dims[0], dims[1]}).coalesce();
   }
 
-  at::Tensor pending_original_;  // the merge being prepared: the weight before the first merge
-  at::Tensor original_;          // kept from the first merge until the unmerge (CPU); guarded by mutex_
 };
 
 /// Python's _projection_from_weights on float32 CPU matrices (out_i x in).

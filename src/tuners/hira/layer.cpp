@@ -39,17 +39,11 @@ struct Record : AdapterRecord {
   torch::nn::DropoutImpl* dropout = nullptr;  // owned by hira_dropout; null for Identity
 };
 
-class HiraLayer final : public DictAdapterLayer {
+class HiraLayer final : public KeptWeightLayer {
  public:
   HiraLayer(const LayerRequest& request, const Method& method)
-      : DictAdapterLayer(request, method,
+      : KeptWeightLayer(request, method,
                          {{"hira_A"}, {"hira_B"}, {"hira_embedding_A"}, {"hira_embedding_B"}, {"hira_dropout", true, false}}) {}
-
-  std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
-                                               bool safe_merge) override;
-
-  /// Python's unmerge: the weight from before the first merge comes back, and every adapter is unmerged.
-  void unmerge(torch::nn::Module&) override { unmerge_to_kept_weight(original_); }
 
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
@@ -108,24 +102,7 @@ class HiraLayer final : public DictAdapterLayer {
     const at::Tensor original = pending_original_.to(weight.device(), weight.scalar_type());
     return {weight + original * delta_weight(record).to(weight.scalar_type()), bias};
   }
-
- private:
-  at::Tensor pending_original_;  // the merge being prepared: the weight before the first merge
-  at::Tensor original_;          // kept from the first merge until the unmerge (CPU); guarded by mutex_
 };
-
-std::unique_ptr<PendingChange> HiraLayer::prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
-                                                        bool safe_merge) {
-  at::Tensor original;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    original = original_;
-  }
-  const at::Tensor weight = base_layer().weight().detach();
-  if (!original.defined() && !weight.device().is_meta()) original = weight.clone().cpu();
-  return prepare_merge_from_original(std::move(original), pending_original_, mutex_, original_,
-                                     [&] { return DictAdapterLayer::prepare_merge(base, names, safe_merge); });
-}
 
 class HiraBuilder final : public BuilderOf<HiraConfig> {
  public:

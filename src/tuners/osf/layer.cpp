@@ -67,25 +67,9 @@ struct ProjectGradient : torch::autograd::Function<ProjectGradient> {
   }
 };
 
-class OsfLayer final : public DictAdapterLayer {
+class OsfLayer final : public KeptWeightLayer {
  public:
-  OsfLayer(const LayerRequest& request, const Method& method) : DictAdapterLayer(request, method, containers()) {}
-
-  std::unique_ptr<PendingChange> prepare_merge(torch::nn::Module& base, const std::vector<std::string>& names,
-                                               bool safe_merge) override {
-    at::Tensor original;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      original = original_;
-    }
-    const at::Tensor weight = base_layer().weight().detach();
-    if (!original.defined() && !weight.device().is_meta()) original = weight.clone().cpu();
-    return prepare_merge_from_original(std::move(original), pending_original_, mutex_, original_,
-                                       [&] { return DictAdapterLayer::prepare_merge(base, names, safe_merge); });
-  }
-
-  /// The weight from before the first merge comes back, and every adapter is unmerged.
-  void unmerge(torch::nn::Module&) override { unmerge_to_kept_weight(original_); }
+  OsfLayer(const LayerRequest& request, const Method& method) : KeptWeightLayer(request, method, containers()) {}
 
  protected:
   at::Tensor forward_active(torch::nn::Module&, const at::Tensor& x, const ActiveAdapters& active,
@@ -135,8 +119,6 @@ class OsfLayer final : public DictAdapterLayer {
     return high + low_part;
   }
 
-  at::Tensor pending_original_;  // unused by merge_step: OSF's merged weight does not depend on it
-  at::Tensor original_;          // kept from the first merge until the unmerge (CPU); guarded by mutex_
 };
 
 /// Python's _resolve_rank: unset -> half the smaller dimension; a float in (0, 1] -> that fraction of it
