@@ -71,6 +71,11 @@ void Method::shares(std::string name, std::function<bool(const PeftConfig&)> sav
   shared_containers_.push_back({std::move(name), std::move(saved), layer_keys, std::move(group)});
 }
 
+void Method::shares_by_rows(std::string name) {
+  shares(std::move(name));
+  shared_containers_.back().rows = true;
+}
+
 const Method::SharedContainer* Method::shared_container(const std::string& name) const {
   for (const auto& shared : shared_containers_) {
     if (shared.name == name) return &shared;
@@ -95,7 +100,7 @@ const Method::SharedContainer* Method::shared_container_of_key(const std::string
     return nullptr;
   }
   const SharedContainer* whole = shared_container(rest.substr(0, dot));
-  return whole && !whole->group ? whole : nullptr;
+  return whole && whole->rows ? whole : nullptr;
 }
 
 void Method::unsupported(const std::string& name, const std::string& why, nlohmann::json python_default) {

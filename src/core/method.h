@@ -136,6 +136,8 @@ class Method {
     std::function<bool(const PeftConfig&)> saved;
     bool layer_keys = false;
     std::function<std::string(const std::string& module)> group;
+    /// The method's checkpoints split the tensor by its first dimension: "base_model.<name>.<row>" (TinyLoRA).
+    bool rows = false;
     /// "base_model.<name>", Python's key in get_peft_model_state_dict and adapter_model.safetensors.
     std::string checkpoint_key() const;
     /// The key of the tensor the layer `module` holds: checkpoint_key(), plus ".<group>" for a grouped container.
@@ -177,6 +179,8 @@ class Method {
   void embedding_containers(std::vector<std::string> names) { embedding_containers_ = std::move(names); }
   void rank_keys(std::vector<std::pair<std::string, int64_t>> keys) { rank_keys_ = std::move(keys); }
   void rank_fields(RankFields fields) { rank_fields_ = std::move(fields); }
+  /// Declares a shared container saved (always) as one key per row of its first dimension (SharedContainer::rows).
+  void shares_by_rows(std::string name);
   /// Declares a shared container (see SharedContainer); `saved` defaults to always.
   void shares(std::string name, std::function<bool(const PeftConfig&)> saved = nullptr, bool layer_keys = false,
               std::function<std::string(const std::string&)> group = nullptr);

@@ -51,7 +51,7 @@ class TinyLora final : public MethodOf<TinyLoraConfig> {
     field(PEFT_FIELD(init_weights)).check(init_choice({"uniform"}));
     without_common_fields({"exclude_modules"});
     // Python's tuner holds the vectors; always saved, as "base_model.tinylora_v.<group>" (adjust_checkpoint).
-    shares("tinylora_v");
+    shares_by_rows("tinylora_v");
     embedding_containers({});
     rank_keys({{"tinylora_A", 0}, {"tinylora_B", 1}});
     rank_fields({"r", "", "", ""});
