@@ -163,6 +163,62 @@ bool poly_example(const std::filesystem::path& root) {
          refused;
 }
 
+// X-LoRA on a small language model: two LoRA experts (saved adapter directories, as Python's X-LoRA takes them) mixed
+// per token by a classifier that reads the last hidden state. The model-specific passes are two lambdas. X-LoRA
+// cannot be merged (as in Python), so its "merged" output is the reloaded one.
+struct SmallLMImpl : torch::nn::Module {
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::Linear mlp{nullptr}, lm_head{nullptr};
+  SmallLMImpl() {
+    embed = register_module("embed", torch::nn::Embedding(100, 32));
+    mlp = register_module("mlp", torch::nn::Linear(32, 32));
+    lm_head = register_module("lm_head", torch::nn::Linear(32, 100));
+  }
+  torch::Tensor hidden(const torch::Tensor& ids) {
+    const auto h = embed(ids);
+    return h + torch::relu(mlp(h));
+  }
+  torch::Tensor forward(const torch::Tensor& ids) { return lm_head(hidden(ids)); }
+};
+TORCH_MODULE(SmallLM);
+
+bool xlora_example(const std::filesystem::path& root) {
+  const auto ids = torch::randint(100, {2, 8});
+  peft::PatternMap<std::string> experts;
+  for (int i = 0; i < 2; ++i) {
+    torch::manual_seed(10 + i);
+    SmallLM lm;
+    peft::inject_adapter_in_model(peft::LoraConfig().r(4).target_modules({"mlp", "lm_head"}).init_lora_weights(false), lm);
+    const auto dir = root / "xlora_experts" / std::to_string(i);
+    peft::save_adapter(*lm, dir.string());
+    experts.emplace_back(std::to_string(i), dir.string());
+  }
+  auto passes = [](SmallLM lm) {
+    return peft::XLoraPasses{[p = lm.ptr()](const torch::Tensor& t) { return p->hidden(t); },
+                             [p = lm.ptr()](const torch::Tensor& t) { return p->forward(t); }};
+  };
+  torch::manual_seed(0);
+  SmallLM lm;
+  lm->eval();
+  const auto base = lm->forward(ids).sum();
+  peft::XLoraModel xlora(lm, peft::XLoraConfig().hidden_size(32).xlora_depth(2).xlora_size(16).adapters(experts),
+                         passes(lm));
+  xlora->eval();
+  const auto adapted = xlora->forward(ids).sum();
+  const auto dir = root / "XLORA";
+  peft::save_xlora(xlora, dir.string());
+
+  torch::manual_seed(0);
+  SmallLM fresh;
+  fresh->eval();
+  peft::XLoraModel reloaded_model = peft::load_xlora(fresh, dir.string(), passes(fresh));
+  reloaded_model->eval();
+  const auto reloaded = reloaded_model->forward(ids).sum();
+  int64_t trainable = 0;
+  for (const auto& p : xlora->parameters()) trainable += p.numel();
+  return report("X-LoRA (2 LoRA experts mixed per token)", trainable, base, adapted, reloaded, reloaded);
+}
+
 int main(int argc, char** argv) {
   const std::filesystem::path root = argc > 1 ? argv[1] : std::filesystem::temp_directory_path() / "peft-cpp-methods";
   const auto x = torch::randn({4, 32}), image = torch::randn({2, 4, 6, 6});
@@ -217,5 +273,6 @@ int main(int argc, char** argv) {
   }
   failures += trainable_tokens_example(root) ? 0 : 1;
   failures += poly_example(root) ? 0 : 1;
+  failures += xlora_example(root) ? 0 : 1;
   return failures == 0 ? 0 : 1;
 }

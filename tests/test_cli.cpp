@@ -201,6 +201,22 @@ TEST(Cli, InspectDescribesTheAdapter) {
   EXPECT_EQ(report["parameters"].get<int64_t>(), params);
 }
 
+// An X-LoRA directory holds the classifier; its experts are LoRA directories the config names. Nothing to merge.
+TEST(Cli, InspectAndMergeOfAnXLoraAdapter) {
+  const fs::path dir = cases_dir().parent_path() / "methods" / "xlora" / "layerwise_topk";
+  CliRun r = run("inspect " + q(dir));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("method:      XLORA"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("experts:     3 LoRA adapters"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
+  Scratch scratch;
+  r = run("merge --base " + q(dir.parent_path() / "base.safetensors") + " --adapter " + q(dir) + " --out " +
+          q(scratch / "merged.safetensors"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("XLORA adapters cannot be merged"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(scratch / "merged.safetensors"));
+}
+
 TEST(Cli, InspectWarnsAboutInconsistentShapes) {
   const VectorCase c = VectorCase::load("lora_mlp_basic");
   Scratch scratch;

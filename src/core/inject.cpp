@@ -158,6 +158,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   if (!method) {
     throw ConfigError("`inject_adapter_in_model` does not support " + user_config.peft_type() + " yet.");
   }
+  if (const std::string refusal = method->injection_refusal(); !refusal.empty()) throw ConfigError(refusal);
   if (adapter_name.empty() || adapter_name.find('.') != std::string::npos) {
     throw AdapterNameError("Adapter name '" + adapter_name +
                            "' is not usable: it must be non-empty and contain no '.' (it becomes a module name).");

@@ -97,6 +97,8 @@ class Method {
   /// Python's _prepare_adapter_config for a config that leaves target_modules unset (and no state dict names
   /// the layers): the targets the method picks itself (TrainableTokens: "embed_tokens"); unset for most.
   virtual TargetModules default_target_modules() const { return {}; }
+  /// Why configs of this method cannot be injected layer by layer (X-LoRA: made with peft::XLoraModel), or "".
+  virtual std::string injection_refusal() const { return {}; }
   /// Starts one injection. `config` is the injection's own copy (targets expanded), which the builder may
   /// adjust as Python PEFT adjusts its config (e.g. fan_in_fan_out for the layer type found).
   virtual std::unique_ptr<AdapterBuilder> start_injection(PeftConfig& config) const = 0;

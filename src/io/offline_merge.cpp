@@ -115,6 +115,10 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
                                       const OfflineMergeOptions& options) {
   const double scale = options.scale;
   const detail::Method& method = detail::require_method(config.peft_type());
+  if (const std::string refusal = method.injection_refusal(); !refusal.empty()) {
+    throw MergeError(config.peft_type() + " adapters cannot be merged into weights (Python PEFT cannot either). " +
+                     refusal);
+  }
   OfflineMergeResult result;
 
   // The adapter's tensors per module, and the container names each module's keys use.

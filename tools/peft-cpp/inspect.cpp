@@ -77,7 +77,10 @@ void inspect(const InspectOptions& options, std::ostream& out) {
   report["tensors"] = adapter.weights.size();
   report["parameters"] = parameters;
   report["dtypes"] = std::vector<std::string>(dtypes.begin(), dtypes.end());
-  if (!prefixed) {
+  // An X-LoRA file holds its classifier (base_model.internal_xlora_classifier.*); its LoRA experts are directories of
+  // their own, named by the config.
+  const bool xlora = adapter.config && adapter.config->peft_type() == "XLORA";
+  if (!prefixed && !xlora) {
     warnings.push_back("keys lack save_pretrained's 'base_model.model.' prefix (an inject-style state dict); "
                        "`peft-cpp convert` rewrites it in the Python layout");
   }
@@ -92,6 +95,12 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     report["method"] = type;
     report["peft_version"] = config.peft_version() ? nlohmann::json(*config.peft_version()) : nlohmann::json(nullptr);
     report["base_model_name_or_path"] = fields.value("base_model_name_or_path", nlohmann::json(nullptr));
+    if (xlora) {
+      report["xlora_experts"] = fields.value("adapters", nlohmann::json::object());
+    }
+  }
+  if (adapter.config && !xlora) {
+    const peft::PeftConfig& config = *adapter.config;
     // Rank and alpha per module (rank_pattern / alpha_pattern resolved), grouped; what the method says.
     const std::vector<peft::AdaptedModuleInfo> modules = peft::describe_adapted_modules(config, adapter.weights);
     std::vector<std::string> names;
@@ -142,6 +151,11 @@ void inspect(const InspectOptions& options, std::ostream& out) {
   out << "tensors:     " << report["tensors"] << ", " << parameters << " parameters, dtype";
   for (const auto& d : dtypes) out << " " << d;
   out << "\n";
+  if (report.contains("xlora_experts")) {
+    out << "classifier:  the X-LoRA classifier (base_model.internal_xlora_classifier.*)\n";
+    out << "experts:     " << report["xlora_experts"].size() << " LoRA adapters\n";
+    for (const auto& [name, path] : report["xlora_experts"].items()) out << "  " << name << ": " << path << "\n";
+  }
   if (report.contains("modules")) {
     out << "modules:     " << report["module_count"] << "\n";
     for (const auto& g : report["ranks"]) {

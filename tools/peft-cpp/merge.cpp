@@ -35,6 +35,10 @@ PlannedAdapter plan(const fs::path& dir, double scale, const BaseCheckpoint& bas
   PlannedAdapter p;
   p.files = open_adapter(dir, /*require_config=*/true);
   p.scale = scale;
+  if (p.files.config->peft_type() == "XLORA") {
+    throw UserError("adapter " + dir.string() + ": XLORA adapters cannot be merged into weights (Python PEFT cannot "
+                    "either): X-LoRA mixes its LoRA experts per token. Merge one of its experts instead.");
+  }
   std::vector<std::string> base_keys;
   for (const auto& [key, shard] : base.shard_of) base_keys.push_back(key);
   const std::vector<std::string> modules = peft::adapted_module_names(*p.files.config, p.files.weights);

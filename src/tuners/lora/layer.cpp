@@ -12,6 +12,7 @@
 
 #include "core/sample_routing.h"
 #include "tuners/lora/dora.h"
+#include "tuners/xlora/routing.h"
 
 namespace peft::detail::lora {
 namespace {
@@ -128,6 +129,13 @@ std::string LoraLayer::checkpoint_key(std::string key) const {
 
 at::Tensor LoraLayer::forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) {
   const std::shared_ptr<const AdapterSnapshot> state = snapshot();
+  // Inside an X-LoRA pass the layer mixes its experts, whatever is active or disabled (as Python's X-LoRA layers).
+  if (const xlora::Mixing* mixing = xlora::current_mixing()) {
+    const auto numbered = mixing->numbering->layer_numbers.find(this);
+    if (numbered != mixing->numbering->layer_numbers.end()) {
+      return xlora::mixed_forward(*this, base, input, base_forward, *state, *mixing, numbered->second);
+    }
+  }
   // Python's order: disabled, then per-sample adapters, then merged, then the active adapters.
   if (state->disabled) return base_forward(input);
   if (const SampleRouting* routing = sample_routing()) {

@@ -79,6 +79,8 @@ class LoraLayer final : public AdapterLayer {
   std::pair<at::Tensor, at::Tensor> lora_weights(const LoraAdapter& adapter) const;
 
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
+  /// The embedding of `ids` with `weight` and the base Embedding's options.
+  at::Tensor embed(torch::nn::Module& base, const at::Tensor& ids, const at::Tensor& weight) const;
 
  protected:
   std::string checkpoint_key(std::string key) const override;
@@ -95,7 +97,6 @@ class LoraLayer final : public AdapterLayer {
   /// The plain LoRA branch (no DoRA) of one adapter on `x`, scaled.
   at::Tensor lora_branch(torch::nn::Module& base, const LoraAdapter& a, const at::Tensor& x);
   at::Tensor base_without_bias(const at::Tensor& x, BaseForward base_forward) const;
-  at::Tensor embed(torch::nn::Module& base, const at::Tensor& ids, const at::Tensor& weight) const;
 
   friend class PendingMerge;
 
