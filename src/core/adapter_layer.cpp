@@ -45,6 +45,11 @@ const AdapterRecord* AdapterSnapshot::find(const std::string& name) const {
   return nullptr;
 }
 
+std::tuple<at::Tensor, at::Tensor> AdapterLayer::forward_attention(torch::nn::MultiheadAttentionImpl&,
+                                                                   const AttentionCall&, AttentionForward) {
+  throw Error(peft_type() + " adapters do not adapt torch::nn::MultiheadAttention ('" + module_name_ + "').");
+}
+
 AdapterLayer::AdapterLayer(const BaseLayer& base, std::string module_name)
     : base_(base), module_name_(std::move(module_name)), snapshot_(std::make_shared<AdapterSnapshot>()) {}
 

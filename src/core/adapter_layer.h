@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <c10/util/C++17.h>  // FunctionRef.h uses c10::invoke_result_t without including it
@@ -32,9 +33,15 @@
 #include "core/layer_kinds.h"
 #include "core/module_access.h"
 
+namespace torch::nn {
+class MultiheadAttentionImpl;
+}  // namespace torch::nn
+
 namespace peft::detail {
 
 using BaseForward = c10::function_ref<at::Tensor(const at::Tensor&)>;
+struct AttentionCall;  // routing/router.h
+using AttentionForward = c10::function_ref<std::tuple<at::Tensor, at::Tensor>(const AttentionCall&)>;
 using SampleRouting = AdapterNamesPerSample::Routing;
 
 /// A change prepared without touching the model. commit() applies it and must not throw: everything that
@@ -97,6 +104,16 @@ class AdapterLayer {
 
   /// The layer's output with its active adapters applied. `base_forward` computes the layer's own output.
   virtual at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) = 0;
+  /// The same for a torch::nn::MultiheadAttention (only methods that adapt one override it).
+  virtual std::tuple<at::Tensor, at::Tensor> forward_attention(torch::nn::MultiheadAttentionImpl& base,
+                                                               const AttentionCall& call, AttentionForward original);
+
+  /// The module name checkpoints use for this layer's tensors (Python PEFT keeps the out_proj of a LoRA'd
+  /// MultiheadAttention under "<attention>.base_layer.out_proj"); `name` is its name in the model.
+  std::string checkpoint_module(const std::string& name) const {
+    return checkpoint_module_.empty() ? name : checkpoint_module_;
+  }
+  void set_checkpoint_module(std::string name) { checkpoint_module_ = std::move(name); }
 
   /// The containers this layer registers on the base layer, in registration order.
   virtual std::vector<std::string> container_names() const = 0;
@@ -171,6 +188,7 @@ class AdapterLayer {
 
   BaseLayer base_;
   std::string module_name_;
+  std::string checkpoint_module_;
   std::shared_ptr<const AdapterSnapshot> snapshot_;  // read with std::atomic_load, replaced with std::atomic_store
 };
 

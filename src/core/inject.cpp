@@ -129,23 +129,40 @@ struct Candidate {
   torch::nn::Module* module;
 };
 
-// LibTorch's MultiheadAttention passes out_proj's tensors to F::multi_head_attention_forward and never calls
-// out_proj's forward: an adapter or a modules_to_save copy there would be silently ignored.
-void check_forward_is_called(torch::nn::Module& model, const std::vector<Candidate>& modules, const std::string& name) {
+// The MultiheadAttention `name` is the out_proj of, or nullptr.
+torch::nn::Module* attention_of_out_proj(torch::nn::Module& model, const std::vector<Candidate>& modules,
+                                         const std::string& name) {
   const auto dot = name.rfind('.');
-  if (name.compare(dot == std::string::npos ? 0 : dot + 1, std::string::npos, "out_proj") != 0) return;  // its only child
+  if (name.compare(dot == std::string::npos ? 0 : dot + 1, std::string::npos, "out_proj") != 0) return nullptr;
   const std::string parent_name = dot == std::string::npos ? std::string() : name.substr(0, dot);
   torch::nn::Module* parent = &model;
   if (!parent_name.empty()) {
     auto it = std::find_if(modules.begin(), modules.end(), [&](const Candidate& c) { return c.name == parent_name; });
-    if (it == modules.end()) return;
+    if (it == modules.end()) return nullptr;
     parent = it->module;
   }
-  if (dynamic_cast<torch::nn::MultiheadAttentionImpl*>(parent) != nullptr) {
+  return dynamic_cast<torch::nn::MultiheadAttentionImpl*>(parent) ? parent : nullptr;
+}
+
+// Where checkpoints keep a layer's adapter: Python's lora.MultiheadAttention holds its out_proj under base_layer.
+std::string checkpoint_name(torch::nn::Module& model, const std::vector<Candidate>& modules, const std::string& name) {
+  if (!attention_of_out_proj(model, modules, name)) return name;
+  return name.substr(0, name.size() - std::string("out_proj").size()) + "base_layer.out_proj";
+}
+
+// LibTorch's MultiheadAttention passes out_proj's tensors to F::multi_head_attention_forward and never calls
+// out_proj's forward: an adapter or a modules_to_save copy there would be silently ignored, unless the attention
+// itself is adapted in the same injection (`adapted`), whose forward then adds out_proj's adapter.
+void check_forward_is_called(torch::nn::Module& model, const std::vector<Candidate>& modules, const std::string& name,
+                             const std::unordered_set<const torch::nn::Module*>& adapted) {
+  torch::nn::Module* attention = attention_of_out_proj(model, modules, name);
+  if (attention && !adapted.count(attention)) {
+    const std::string parent = name.substr(0, name.rfind('.') == std::string::npos ? 0 : name.rfind('.'));
     throw UnsupportedLayerError(
         "'" + name + "' belongs to a torch::nn::MultiheadAttention, which reads its tensors directly and never calls "
-        "its forward, so an adapter there would have no effect. peft-cpp does not adapt MultiheadAttention yet: "
-        "target other layers (e.g. linear1/linear2 of a TransformerEncoderLayer) or exclude '" + name +
+        "its forward, so an adapter there would have no effect. Target the attention itself" +
+        (parent.empty() ? std::string() : " ('" + parent + "')") +
+        ": LoRA adapts its in_proj and out_proj together, as Python PEFT does. Or exclude '" + name +
         "' with `exclude_modules`.");
   }
 }
@@ -302,7 +319,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   std::unordered_set<const torch::nn::Module*> adapted;
   std::vector<LayerRequest> requests;
   auto add_request = [&](const Candidate& target) {
-    check_forward_is_called(model, modules, target.name);
+    check_forward_is_called(model, modules, target.name, adapted);
     std::optional<BaseLayer> base = describe_layer(*target.module);
     if (!base || !method->supports(base->kind)) {
       throw UnsupportedLayerError(method->unsupported_layer_message(*target.module, target.name));
@@ -329,7 +346,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   builder->plan(requests);
   for (const LayerRequest& request : requests) {
     pending.push_back(builder->prepare(request));
-    pending_names.push_back(request.module_name);
+    pending_names.push_back(checkpoint_name(model, modules, request.module_name));
   }
   if (const auto& modules_to_save = config->modules_to_save()) {
     for (const Candidate& c : modules) {
@@ -338,8 +355,13 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
         throw ConfigError("modules_to_save: '" + c.name + "' is also selected by target_modules; a layer cannot be "
                           "both adapted and saved whole. Adjust `modules_to_save` or `target_modules`.");
       }
-      check_forward_is_called(model, modules, c.name);
+      check_forward_is_called(model, modules, c.name, {});
       std::optional<BaseLayer> base = describe_layer(*c.module);
+      if (base && base->kind == LayerKind::MultiheadAttention) {
+        throw UnsupportedLayerError("modules_to_save: '" + c.name + "' is a torch::nn::MultiheadAttention, whose "
+                                    "forward a trainable copy cannot take over yet; list its parts' owners instead "
+                                    "or adapt it with LoRA.");
+      }
       if (!base) {
         throw UnsupportedLayerError("modules_to_save: '" + c.name + "' (" + short_repr(*c.module) +
                                     ") is not a layer peft-cpp can route; list torch::nn::Linear, Embedding, "

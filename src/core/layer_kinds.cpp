@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include <torch/nn/modules/activation.h>
+
 #include "core/module_access.h"
 
 namespace peft::detail {
@@ -33,6 +35,7 @@ const char* layer_kind_name(LayerKind kind) {
     PEFT_ROUTED_LAYERS(PEFT_CASE)
 #undef PEFT_CASE
     case LayerKind::LinearLike: return "LinearLike";
+    case LayerKind::MultiheadAttention: return "MultiheadAttention";
   }
   return "?";
 }
@@ -53,13 +56,13 @@ const std::vector<LayerKind>& routed_layer_kinds() {
 
 at::Tensor BaseLayer::weight() const {
   if (kind == LayerKind::LinearLike) return dynamic_cast<const LinearLike&>(*module).linear_weight();
-  const at::Tensor* weight = parameters_of(*module).find("weight");
+  const at::Tensor* weight = parameters_of(*module).find(kind == LayerKind::MultiheadAttention ? "in_proj_weight" : "weight");
   return weight ? *weight : at::Tensor();
 }
 
 at::Tensor BaseLayer::bias() const {
   if (kind == LayerKind::LinearLike) return dynamic_cast<const LinearLike&>(*module).linear_bias();
-  const at::Tensor* bias = parameters_of(*module).find("bias");
+  const at::Tensor* bias = parameters_of(*module).find(kind == LayerKind::MultiheadAttention ? "in_proj_bias" : "bias");
   return bias ? *bias : at::Tensor();
 }
 
@@ -73,6 +76,10 @@ std::optional<BaseLayer> describe_layer(torch::nn::Module& module) {
       return BaseLayer{kind, &module, in, out};
     });
     if (found) return found;
+  }
+  if (auto* attention = dynamic_cast<torch::nn::MultiheadAttentionImpl*>(&module)) {
+    const int64_t embed_dim = attention->options.embed_dim();
+    return BaseLayer{LayerKind::MultiheadAttention, &module, embed_dim, 3 * embed_dim};
   }
   if (auto* custom = dynamic_cast<LinearLike*>(&module)) {
     const at::Tensor w = custom->linear_weight();

@@ -22,6 +22,9 @@ enum class LayerKind {
   PEFT_ROUTED_LAYERS(PEFT_KIND)
 #undef PEFT_KIND
   LinearLike,  // a user layer implementing peft::LinearLike (reaches its adapters by calling forward_through_adapters)
+  // torch::nn::MultiheadAttention: routed by libpeft_interpose's own forward (query, key, value, ...), not through
+  // PEFT_ROUTED_LAYERS' one-tensor forwards. Its "weight" is in_proj_weight (3 * embed_dim, embed_dim).
+  MultiheadAttention,
 };
 
 /// "Linear", "Conv2d", ..., "LinearLike".
@@ -40,7 +43,8 @@ decltype(auto) with_layer_type(LayerKind kind, F&& f) {
   case LayerKind::Name: return f(static_cast<torch::nn::Name##Impl*>(nullptr));
     PEFT_ROUTED_LAYERS(PEFT_CASE)
 #undef PEFT_CASE
-    case LayerKind::LinearLike: break;
+    case LayerKind::LinearLike:
+    case LayerKind::MultiheadAttention: break;
   }
   TORCH_INTERNAL_ASSERT(false, "with_layer_type: ", layer_kind_name(kind), " has no LibTorch layer type");
 }
@@ -49,7 +53,7 @@ struct BaseLayer {
   LayerKind kind;
   torch::nn::Module* module;
   /// Linear: in/out features; Embedding: num_embeddings / embedding_dim; Conv: in/out channels;
-  /// LayerNorm: normalized size for both.
+  /// LayerNorm: normalized size for both; MultiheadAttention: embed_dim / 3 * embed_dim (its in_proj).
   int64_t in_features = 0;
   int64_t out_features = 0;
   /// The weight is stored (in, out) instead of (out, in) (GPT-2's Conv1D).

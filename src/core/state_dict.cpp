@@ -78,11 +78,12 @@ void add_adapter_slots(AdapterSlots& out, const std::vector<AdaptedLayer>& layer
   for (const AdaptedLayer& layer : layers) {
     if (detail::is_modules_to_save(*layer.adapters) != copies) continue;
     const detail::Method* method = copies ? nullptr : detail::find_method(layer.adapters->peft_type());
+    const std::string checkpoint_module = layer.adapters->checkpoint_module(layer.name);
     for (const AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, adapter)) {
       Slot slot{t.owner, t.name, t.is_buffer, join(layer.name, t.model_key), layer.module, true};
       const auto* shared = method ? method->shared_container(t.key) : nullptr;
       if (!shared) {
-        out.add(join(layer.name, t.key), std::move(slot), AdapterSlots::LAYER);
+        out.add(join(checkpoint_module, t.key), std::move(slot), AdapterSlots::LAYER);
       } else if (shared->saved(config)) {
         if (shared->layer_keys) {
           const std::string key = join(layer.name, t.key);

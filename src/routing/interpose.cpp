@@ -78,12 +78,27 @@ struct LibTorch;
 PEFT_ROUTED_LAYERS(PEFT_LIBTORCH)
 #undef PEFT_LIBTORCH
 
+template <>
+struct LibTorch<torch::nn::MultiheadAttentionImpl> {
+  static peft::detail::AttentionOutput forward(torch::nn::MultiheadAttentionImpl& layer,
+                                               const peft::detail::AttentionCall& c) {
+    using Forward = peft::detail::AttentionOutput (torch::nn::MultiheadAttentionImpl::*)(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, const at::Tensor&, bool);
+    static const Forward call = member_at<Forward>(
+        libtorch_symbol(mangled("MultiheadAttentionImpl", "7forwardERKN2at6TensorES5_S5_S5_bS5_b"),
+                        "torch::nn::MultiheadAttentionImpl::forward"));
+    return (layer.*call)(c.query, c.key, c.value, c.key_padding_mask, c.need_weights, c.attn_mask,
+                         c.average_attn_weights);
+  }
+};
+
 // Hands LibTorch's forwards to libpeft while this library is being loaded, before any call can arrive.
 [[maybe_unused]] const bool installed = [] {
   peft::detail::OriginalForwards originals;
 #define PEFT_ORIGINAL(Name) originals.Name = &LibTorch<torch::nn::Name##Impl>::forward;
   PEFT_ROUTED_LAYERS(PEFT_ORIGINAL)
 #undef PEFT_ORIGINAL
+  originals.MultiheadAttention = &LibTorch<torch::nn::MultiheadAttentionImpl>::forward;
   peft::detail::install_original_forwards(originals);
   return true;
 }();
@@ -96,6 +111,15 @@ namespace torch::nn {
   at::Tensor Name##Impl::forward(const at::Tensor& input) { return peft::detail::route(*this, input); }
 PEFT_ROUTED_LAYERS(PEFT_INTERPOSE_FORWARD)
 #undef PEFT_INTERPOSE_FORWARD
+
+std::tuple<at::Tensor, at::Tensor> MultiheadAttentionImpl::forward(const at::Tensor& query, const at::Tensor& key,
+                                                                   const at::Tensor& value,
+                                                                   const at::Tensor& key_padding_mask,
+                                                                   bool need_weights, const at::Tensor& attn_mask,
+                                                                   bool average_attn_weights) {
+  return peft::detail::route(*this, peft::detail::AttentionCall{query, key, value, key_padding_mask, need_weights,
+                                                                attn_mask, average_attn_weights});
+}
 
 // Only these three resets are exported by LibTorch (ConvNdImpl's is inline in its header).
 #define PEFT_INTERPOSE_RESET(Name)                                                          \

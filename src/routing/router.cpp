@@ -16,6 +16,10 @@ OriginalForwards direct_calls() {
   direct.Name = [](torch::nn::Name##Impl& layer, const at::Tensor& x) { return layer.torch::nn::Name##Impl::forward(x); };
   PEFT_ROUTED_LAYERS(PEFT_DIRECT)
 #undef PEFT_DIRECT
+  direct.MultiheadAttention = [](torch::nn::MultiheadAttentionImpl& layer, const AttentionCall& c) {
+    return layer.torch::nn::MultiheadAttentionImpl::forward(c.query, c.key, c.value, c.key_padding_mask,
+                                                             c.need_weights, c.attn_mask, c.average_attn_weights);
+  };
   return direct;
 }
 
@@ -47,6 +51,17 @@ bool interpose_library_loaded() { return interposed.load(); }
   at::Tensor route(torch::nn::Name##Impl& layer, const at::Tensor& input) { return route_to_adapters(layer, input); }
 PEFT_ROUTED_LAYERS(PEFT_ROUTE)
 #undef PEFT_ROUTE
+
+AttentionOutput original_forward(torch::nn::MultiheadAttentionImpl& layer, const AttentionCall& call) {
+  return originals.MultiheadAttention(layer, call);
+}
+
+AttentionOutput route(torch::nn::MultiheadAttentionImpl& layer, const AttentionCall& call) {
+  if (AdapterLayer* adapters = adapter_layer_of(layer)) {
+    return adapters->forward_attention(layer, call, [&layer](const AttentionCall& c) { return original_forward(layer, c); });
+  }
+  return original_forward(layer, call);
+}
 
 }  // namespace peft::detail
 

@@ -6,18 +6,34 @@
 //
 // These functions are exported for libpeft_interpose only; they are not API.
 
+#include <tuple>
+
 #include <ATen/core/Tensor.h>
+#include <torch/nn/modules/activation.h>
 
 #include <peft/export.h>
 #include <peft/layers.h>
 
 namespace peft::detail {
 
+/// The arguments of torch::nn::MultiheadAttentionImpl::forward.
+struct AttentionCall {
+  const at::Tensor& query;
+  const at::Tensor& key;
+  const at::Tensor& value;
+  const at::Tensor& key_padding_mask;
+  bool need_weights;
+  const at::Tensor& attn_mask;
+  bool average_attn_weights;
+};
+using AttentionOutput = std::tuple<at::Tensor, at::Tensor>;
+
 /// LibTorch's own forward of each routed layer type (never a routed one).
 struct OriginalForwards {
 #define PEFT_ORIGINAL(Name) at::Tensor (*Name)(torch::nn::Name##Impl&, const at::Tensor&) = nullptr;
   PEFT_ROUTED_LAYERS(PEFT_ORIGINAL)
 #undef PEFT_ORIGINAL
+  AttentionOutput (*MultiheadAttention)(torch::nn::MultiheadAttentionImpl&, const AttentionCall&) = nullptr;
 };
 
 /// Called by libpeft_interpose when it is loaded: it defines LibTorch's layer forwards itself, so a direct
@@ -33,6 +49,9 @@ bool interpose_library_loaded();
   at::Tensor original_forward(torch::nn::Name##Impl& layer, const at::Tensor& input);
 PEFT_ROUTED_LAYERS(PEFT_ROUTE)
 #undef PEFT_ROUTE
+/// The same for MultiheadAttention, whose forward takes (query, key, value, ...).
+PEFT_API AttentionOutput route(torch::nn::MultiheadAttentionImpl& layer, const AttentionCall& call);
+AttentionOutput original_forward(torch::nn::MultiheadAttentionImpl& layer, const AttentionCall& call);
 
 /// Throws peft::Error when `layer` is LibTorch's clone of a layer that carries adapters. LibTorch's clone()
 /// copies the layer object, empties the copy's registries and calls reset() on it; the copy's weight member

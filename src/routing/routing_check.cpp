@@ -3,6 +3,8 @@
 #include <map>
 #include <mutex>
 
+#include <torch/nn/modules/activation.h>
+
 #include <peft/error.h>
 
 #include "core/adapter_layer.h"
@@ -22,6 +24,11 @@ class ProbeLayer final : public AdapterLayer {
     probe_reached = true;
     return input;
   }
+  std::tuple<at::Tensor, at::Tensor> forward_attention(torch::nn::MultiheadAttentionImpl&, const AttentionCall&,
+                                                       AttentionForward) override {
+    probe_reached = true;
+    return {};
+  }
   std::vector<std::string> container_names() const override { return {"peft_routing_probe"}; }
   void remove_adapter(torch::nn::Module&, const std::string&) override {}
 };
@@ -36,7 +43,22 @@ torch::nn::LayerNormImpl probe_shape(torch::nn::LayerNormImpl*) {
   return torch::nn::LayerNormImpl(torch::nn::LayerNormOptions({1}));
 }
 
+bool probe_attention() {
+  auto layer = std::make_shared<torch::nn::MultiheadAttentionImpl>(torch::nn::MultiheadAttentionOptions(1, 1));
+  auto anchor = std::make_shared<AnchoredModuleDictImpl>();
+  anchor->adapters = std::make_shared<ProbeLayer>(BaseLayer{LayerKind::MultiheadAttention, layer.get()});
+  layer->register_module("peft_routing_probe", anchor);
+  probe_reached = false;
+  try {
+    const at::Tensor none;
+    layer->torch::nn::MultiheadAttentionImpl::forward(none, none, none);
+  } catch (const std::exception&) {
+  }
+  return probe_reached;
+}
+
 bool probe(LayerKind kind) {
+  if (kind == LayerKind::MultiheadAttention) return probe_attention();
   return with_layer_type(kind, [kind](auto* type) {
     using Layer = std::remove_pointer_t<decltype(type)>;
     auto layer = std::make_shared<Layer>(probe_shape(type));
@@ -73,6 +95,7 @@ bool needs_routing(const torch::nn::Module& module, LayerKind kind) {
     PEFT_ROUTED_LAYERS(PEFT_CASE)
 #undef PEFT_CASE
     case LayerKind::LinearLike: return false;
+    case LayerKind::MultiheadAttention: return true;  // no drop-in
   }
   return true;
 }
@@ -93,8 +116,12 @@ void check_routing(LayerKind kind) {
     message += "libpeft_interpose, which routes calls of unmodified LibTorch layers, is not loaded (linked peft::core "
                "only, or built with PEFT_INTERPOSE=OFF): link peft::peft. ";
   }
-  message += "Or build the model from peft::" + std::string(layer_kind_name(kind)) +
-             " (<peft/layers.h>), a drop-in " + type + " whose forward always reaches its adapters.";
+  if (kind == LayerKind::MultiheadAttention) {
+    message += "(There is no drop-in MultiheadAttention: its calls reach adapters only through libpeft_interpose.)";
+  } else {
+    message += "Or build the model from peft::" + std::string(layer_kind_name(kind)) +
+               " (<peft/layers.h>), a drop-in " + type + " whose forward always reaches its adapters.";
+  }
   throw RoutingError(message);
 }
 

@@ -10,6 +10,7 @@
 #include <peft/peft.h>
 #include <peft/tuners/xlora/model.h>
 
+#include "support/layers.h"
 #include "support/vectors.h"
 #include "support/warnings.h"
 
@@ -20,10 +21,11 @@ namespace fs = std::filesystem;
 
 fs::path xlora_dir() { return cases_dir().parent_path() / "methods" / "xlora"; }
 
-// The reference model, shaped like a transformers causal LM (see make_reference.py).
+// The reference model, shaped like a transformers causal LM (see make_reference.py); drop-in layers where this build
+// does not route torch::nn calls (support/layers.h).
 struct InnerImpl : torch::nn::Module {
-  torch::nn::Embedding embed_tokens{20, 8};
-  torch::nn::Linear q_proj{8, 8}, v_proj{8, 8}, fc{8, 8};
+  nn::Embedding embed_tokens{20, 8};
+  nn::Linear q_proj{8, 8}, v_proj{8, 8}, fc{8, 8};
   InnerImpl() {
     register_module("embed_tokens", embed_tokens);
     register_module("q_proj", q_proj);
@@ -40,7 +42,7 @@ TORCH_MODULE(Inner);
 
 struct TinyImpl : torch::nn::Module {
   Inner model;
-  torch::nn::Linear lm_head{8, 20};
+  nn::Linear lm_head{8, 20};
   TinyImpl() {
     register_module("model", model);
     register_module("lm_head", lm_head);

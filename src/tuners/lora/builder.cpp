@@ -1,9 +1,11 @@
 // Creating a LoRA adapter on a layer (Python PEFT's LoraLayer.update_layer): modules, initialisation, DoRA.
 
 #include <cmath>
+#include <map>
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+#include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
@@ -115,16 +117,55 @@ class LoraBuilder final : public BuilderOf<LoraConfig> {
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override;
 
+  // A MultiheadAttention's out_proj gets its own LoRA (Python's lora.MultiheadAttention wraps it in a lora.Linear):
+  // its forward is never called, so the attention's forward adds its delta to out_proj's weight.
+  std::vector<std::string> tied_layers(const std::vector<LayerRequest>& targets,
+                                       const std::vector<std::pair<std::string, torch::nn::Module*>>&) override {
+    std::vector<std::string> out;
+    for (const LayerRequest& target : targets) {
+      if (target.base.kind != LayerKind::MultiheadAttention) continue;
+      out.push_back(target.module_name + ".out_proj");
+      out_projs_[out.back()] = target.module_name;
+    }
+    return out;
+  }
+
  private:
   PatternLookup<int64_t> ranks_;
   PatternLookup<double> alphas_;
+  std::map<std::string, std::string> out_projs_;  // out_proj name -> its attention's name
 };
+
+// What Python's lora.MultiheadAttention refuses, and what it would silently get wrong.
+void check_attention(const LoraConfig& config, const BaseLayer& base, const std::string& name) {
+  const auto& attention = dynamic_cast<const torch::nn::MultiheadAttentionImpl&>(*base.module);
+  if (!attention._qkv_same_embed_dim) {
+    throw ConfigError("Only same embed for query/key/value is supported as of now for MultiheadAttention ('" + name +
+                      "' has kdim/vdim different from embed_dim).");
+  }
+  if (config.use_dora()) {
+    throw ConfigError("MultiheadAttention does not support DoRA (yet), please set use_dora to False ('" + name + "').");
+  }
+  if (config.lora_bias()) {
+    throw ConfigError("lora_bias=True is not supported for MultiheadAttention ('" + name +
+                      "'): Python PEFT merges only lora_B's weight into in_proj_weight, so its bias would be lost.");
+  }
+  const std::string& init = config.init_lora_weights().method();
+  if (!init.empty() && init != "gaussian" && init != "orthogonal") {
+    throw ConfigError("init_lora_weights='" + init + "' is not supported for MultiheadAttention ('" + name +
+                      "'): it initialises from a layer's `weight`, which MultiheadAttention does not have.");
+  }
+}
 
 std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request) {
   const BaseLayer& base = request.base;
   const std::string& name = request.module_name;
-  const int64_t r = ranks_.lookup(name, config_.r());
-  const double alpha = alphas_.lookup(name, config_.lora_alpha());
+  const auto out_proj = out_projs_.find(name);
+  // An attention's out_proj takes the attention's rank and alpha, as in Python.
+  const std::string& rank_name = out_proj == out_projs_.end() ? name : out_proj->second;
+  const int64_t r = ranks_.lookup(rank_name, config_.r());
+  const double alpha = alphas_.lookup(rank_name, config_.lora_alpha());
+  if (base.kind == LayerKind::MultiheadAttention) check_attention(config_, base, name);
   if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
 
   align_fan_in_fan_out(base, config_.fan_in_fan_out());
@@ -231,6 +272,7 @@ std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request)
   } else {
     check_container_names_free(*base.module, name, LoraLayer::containers());
     pending->fresh = LoraLayer::create(request, method_, pending->containers);
+    if (out_proj != out_projs_.end()) pending->fresh->mark_attention_out_proj(out_proj->second);
   }
   pending->base = base;
   pending->adapter = std::move(adapter);

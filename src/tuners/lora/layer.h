@@ -61,6 +61,10 @@ class LoraLayer final : public AdapterLayer {
   std::string peft_type() const override { return method_.peft_type(); }
   std::vector<std::string> container_names() const override { return containers(); }
   at::Tensor forward(torch::nn::Module& base, const at::Tensor& input, BaseForward base_forward) override;
+  /// Python's lora.MultiheadAttention forward: the attention with the active adapters' deltas added to in_proj_weight
+  /// and (from the out_proj's own LoRA layer) to out_proj's weight (attention.cpp).
+  std::tuple<at::Tensor, at::Tensor> forward_attention(torch::nn::MultiheadAttentionImpl& base,
+                                                       const AttentionCall& call, AttentionForward original) override;
 
   /// Registers a prepared adapter in the containers (commit step; does not throw).
   void add(std::shared_ptr<LoraAdapter> adapter, std::shared_ptr<const PeftConfig> config);
@@ -79,6 +83,14 @@ class LoraLayer final : public AdapterLayer {
   std::pair<at::Tensor, at::Tensor> lora_weights(const LoraAdapter& adapter) const;
 
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
+  /// This layer is the out_proj of a LoRA'd MultiheadAttention (attention.cpp). Python PEFT 0.20 adds its delta
+  /// twice: lora.MultiheadAttention.merge adds it to out_proj's weight and then calls out_proj's own merge, which
+  /// adds it again (in its forward, which merges and unmerges, and in merge_and_unload alike; the gradient flows
+  /// through one of the two). Adapters trained in Python were trained that way, so delta_weight() is 2 B A s here.
+  void mark_attention_out_proj(const std::string& attention) {
+    set_checkpoint_module(attention + ".base_layer.out_proj");
+    doubled_delta_ = true;
+  }
   /// The embedding of `ids` with `weight` and the base Embedding's options.
   at::Tensor embed(torch::nn::Module& base, const at::Tensor& ids, const at::Tensor& weight) const;
 
@@ -108,6 +120,7 @@ class LoraLayer final : public AdapterLayer {
   std::shared_ptr<ParameterDictImpl> embedding_B_;
   std::shared_ptr<torch::nn::ModuleDictImpl> magnitude_;
   bool fan_in_fan_out_ = false;
+  bool doubled_delta_ = false;  // mark_attention_out_proj
 
   std::map<std::string, at::Tensor> dora_norms_;  // ||W + delta|| at merge time, needed to unmerge DoRA
 };

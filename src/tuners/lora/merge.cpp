@@ -74,7 +74,7 @@ at::Tensor LoraLayer::delta_weight(const LoraAdapter& a) const {
   } else {
     delta = at::matmul(B, A);
     if (fan_in_fan_out_) delta = delta.t();
-    delta = delta * a.scaling;
+    delta = delta * (doubled_delta_ ? 2 * a.scaling : a.scaling);
   }
   return upcast ? delta.to(dtype) : delta;
 }

@@ -13,7 +13,7 @@ class Lora final : public LoraFamilyMethod<LoraConfig> {
  public:
   Lora() : LoraFamilyMethod("lora_") {
     layers({LayerKind::Linear, LayerKind::Embedding, LayerKind::Conv1d, LayerKind::Conv2d, LayerKind::Conv3d,
-            LayerKind::LinearLike});
+            LayerKind::LinearLike, LayerKind::MultiheadAttention});
     field(PEFT_FIELD(r)).check(positive());
     field(PEFT_FIELD(lora_alpha)).python_int();
     field(PEFT_FIELD(lora_dropout)).check(probability_below_one());
