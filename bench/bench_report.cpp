@@ -1,7 +1,9 @@
 // Turns a peft_bench JSON run (--benchmark_format=json) and a peft_bench_memory result into bench/README.md's
 // table: benchmark, Python PEFT, peft-cpp, ratio, target, met.
 //
-//   peft_bench_report BENCH_JSON MEMORY_JSON [DISTRIBUTED_JSON]
+//   peft_bench_report BENCH_JSON MEMORY_JSON [DISTRIBUTED_JSON [ONE_THREAD_TRAINING_JSON]]
+//
+// ONE_THREAD_TRAINING_JSON: peft_bench's TrainStep* run with OMP_NUM_THREADS=1 (one thread for torch and OpenBLAS).
 
 #include <cmath>
 #include <fstream>
@@ -50,8 +52,8 @@ void row(const std::string& what, const std::string& python, const std::string& 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3 && argc != 4) {
-    std::cerr << "usage: peft_bench_report BENCH_JSON MEMORY_JSON [DISTRIBUTED_JSON]\n";
+  if (argc < 3 || argc > 5) {
+    std::cerr << "usage: peft_bench_report BENCH_JSON MEMORY_JSON [DISTRIBUTED_JSON [ONE_THREAD_TRAINING_JSON]]\n";
     return 1;
   }
   const nlohmann::json bench = nlohmann::json::parse(std::ifstream(argv[1]));
@@ -147,17 +149,26 @@ int main(int argc, char** argv) {
       std::to_string(memory["growth_kb"].get<int64_t>() / 1024) + " MiB for a " +
           std::to_string(memory["adapter_kb"].get<int64_t>() / 1024) + " MiB adapter",
       fixed(growth, 2) + "x adapter", "<= 1.10x adapter", growth <= 1.10);
-  for (const auto& [name, what] : std::vector<std::pair<std::string, std::string>>{
-           {"TrainStepClassifier", "LoRA training step, Fashion-MNIST example MLP (batch 128)"},
-           {"TrainStepLlama", "LoRA training step, Llama-shaped 4x512 stack, r=16 on q,v (4x64 tokens)"}}) {
-    const auto& b = get(name);
-    const double ours = b["steps_per_s"].get<double>(), python = b["python_steps_per_s"].get<double>();
-    row(what, fixed(python, 1) + " steps/s",
-        fixed(ours, 1) + " steps/s (full fine-tuning: " + fixed(b["full_finetune_steps_per_s"].get<double>(), 1) +
-            " steps/s)",
-        fixed(ours / python, 2) + "x Python", ">= 1.2x Python", ours / python >= 1.2);
+  auto training_rows = [](const std::string& threads) {
+    for (const auto& [name, what] : std::vector<std::pair<std::string, std::string>>{
+             {"TrainStepClassifier", "LoRA training step, Fashion-MNIST example MLP (batch 128)"},
+             {"TrainStepLlama", "LoRA training step, Llama-shaped 4x512 stack, r=16 on q,v (4x64 tokens)"}}) {
+      const auto& b = get(name);
+      const double ours = b["steps_per_s"].get<double>(), python = b["python_steps_per_s"].get<double>();
+      row(what + ", " + threads, fixed(python, 1) + " steps/s",
+          fixed(ours, 1) + " steps/s (full fine-tuning: " + fixed(b["full_finetune_steps_per_s"].get<double>(), 1) +
+              " steps/s)",
+          fixed(ours / python, 2) + "x Python", ">= 1.2x Python", ours / python >= 1.2);
+    }
+  };
+  training_rows("default threads");
+  if (argc == 5) {
+    // The one-thread run's TrainStep* replace the default run's in the lookup table.
+    const nlohmann::json one_thread = nlohmann::json::parse(std::ifstream(argv[4]));
+    for (const auto& b : one_thread["benchmarks"]) runs[b["name"].get<std::string>()] = b;
+    training_rows("one thread (OMP_NUM_THREADS=1)");
   }
-  if (argc == 4) {
+  if (argc >= 4) {
     const nlohmann::json distributed = nlohmann::json::parse(std::ifstream(argv[3]));
     const auto& one = distributed["one_rank"];
     const auto& two = distributed["two_ranks"];

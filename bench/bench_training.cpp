@@ -4,6 +4,8 @@
 // and, measured in the same run, the full fine-tuning step of the same model.
 
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 
 #include <benchmark/benchmark.h>
@@ -33,6 +35,13 @@ TORCH_MODULE(Classifier);
 /// reports steps/s and the ratios to Python PEFT and to full fine-tuning. The two are not interleaved step by step:
 /// a full step evicts the LoRA model's weights from the caches, which slowed the next LoRA step of the Llama-shaped
 /// stack by half again (Python's figure comes from LoRA steps alone).
+/// Python's figure for this process's threads: the one-thread one when OMP_NUM_THREADS=1 was set before the start
+/// (torch::set_num_threads(1) alone leaves OpenBLAS on every core), else the default-threads one.
+double python_figure(double default_threads, double one_thread) {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  return omp && std::strcmp(omp, "1") == 0 ? one_thread : default_threads;
+}
+
 void time_steps(benchmark::State& state, const std::function<void()>& step, const std::function<void()>& full_step,
                 double python_steps_per_s) {
   using Clock = std::chrono::steady_clock;
@@ -54,6 +63,7 @@ void time_steps(benchmark::State& state, const std::function<void()>& step, cons
   state.counters["steps_per_s"] = 1 / lora_s;
   state.counters["full_finetune_steps_per_s"] = 1 / full_s;
   state.counters["python_steps_per_s"] = python_steps_per_s;
+  state.counters["threads"] = torch::get_num_threads();
   state.counters["vs_python"] = (1 / lora_s) / python_steps_per_s;
 }
 
@@ -80,7 +90,7 @@ void TrainStepClassifier(benchmark::State& state) {
   time_steps(state,
              training_step([&] { return torch::cross_entropy_loss(model->forward(images), labels); }, optimizer),
              training_step([&] { return torch::cross_entropy_loss(full->forward(images), labels); }, full_optimizer),
-             python_steps_per_s::kTrainClassifier);
+             python_figure(python_steps_per_s::kTrainClassifier, python_steps_per_s::kTrainClassifierOneThread));
 }
 BENCHMARK(TrainStepClassifier)->Unit(benchmark::kMillisecond)->MinTime(5);
 
@@ -96,7 +106,7 @@ void TrainStepLlama(benchmark::State& state) {
   torch::optim::AdamW full_optimizer(full->parameters(), torch::optim::AdamWOptions(1e-3));
   time_steps(state, training_step([&] { return model->forward(tokens).pow(2).mean(); }, optimizer),
              training_step([&] { return full->forward(tokens).pow(2).mean(); }, full_optimizer),
-             python_steps_per_s::kTrainLlama);
+             python_figure(python_steps_per_s::kTrainLlama, python_steps_per_s::kTrainLlamaOneThread));
 }
 BENCHMARK(TrainStepLlama)->Unit(benchmark::kMillisecond)->MinTime(10);
 

@@ -25,5 +25,8 @@ namespace peft_bench::python_steps_per_s {
 
 constexpr double kTrainClassifier = 198.1;
 constexpr double kTrainLlama = 3.20;
+// OMP_NUM_THREADS=1 (bench.sh's one-thread run).
+constexpr double kTrainClassifierOneThread = 697.4;
+constexpr double kTrainLlamaOneThread = 6.09;
 
 }  // namespace peft_bench::python_steps_per_s

@@ -11,13 +11,17 @@ cmake --build "$build" -j"$(nproc)" --target peft_bench peft_bench_memory peft_b
 out="$build/results"
 mkdir -p "$out"
 "$build/bench/peft_bench" --benchmark_format=json --benchmark_out="$out/bench.json" --benchmark_out_format=json 2>/dev/null >/dev/null
+# The training steps again with one thread for torch and OpenBLAS (OMP_NUM_THREADS must be set before the start).
+OMP_NUM_THREADS=1 "$build/bench/peft_bench" --benchmark_filter='TrainStep' --benchmark_format=json \
+  --benchmark_out="$out/bench_one_thread.json" --benchmark_out_format=json 2>/dev/null >/dev/null
 adapter="$out/adapter_7b.safetensors"
 rm -f "$adapter"
 "$build/bench/peft_bench_memory" "$adapter" >/dev/null   # writes the adapter file
 "$build/bench/peft_bench_memory" "$adapter" >"$out/memory.json"
 rm -f "$adapter"
 "$build/bench/peft_bench_distributed" >"$out/distributed.json"
-"$build/bench/peft_bench_report" "$out/bench.json" "$out/memory.json" "$out/distributed.json" >"$out/table.md"
+"$build/bench/peft_bench_report" "$out/bench.json" "$out/memory.json" "$out/distributed.json" \
+  "$out/bench_one_thread.json" >"$out/table.md"
 # Replace the table between the markers in bench/README.md.
 awk -v table="$out/table.md" '
   /<!-- results:begin -->/ { print; while ((getline line < table) > 0) print line; skip = 1; next }
