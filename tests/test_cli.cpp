@@ -217,6 +217,16 @@ TEST(Cli, InspectAndMergeOfAnXLoraAdapter) {
   EXPECT_FALSE(fs::exists(scratch / "merged.safetensors"));
 }
 
+TEST(Cli, MergeRefusesAttentionAdaptersByName) {
+  const fs::path dir = cases_dir().parent_path() / "methods" / "lora_mha" / "encoder";
+  Scratch scratch;
+  const CliRun r = run("merge --base " + q(dir / "base.safetensors") + " --adapter " + q(dir) + " --out " +
+                       q(scratch / "merged.safetensors"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("adapts the MultiheadAttention 'enc.self_attn'"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(scratch / "merged.safetensors"));
+}
+
 TEST(Cli, InspectWarnsAboutInconsistentShapes) {
   const VectorCase c = VectorCase::load("lora_mlp_basic");
   Scratch scratch;

@@ -162,6 +162,13 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   };
   for (const auto& [module, tensors] : per_module) {
     const at::Tensor* weight = base.find(module + ".weight");
+    static const std::string out_proj = ".base_layer.out_proj";
+    if (!weight && (base.find(module + ".in_proj_weight") ||
+                    (module.size() > out_proj.size() &&
+                     module.compare(module.size() - out_proj.size(), out_proj.size(), out_proj) == 0))) {
+      throw MergeError("'" + module + "' belongs to a MultiheadAttention, whose adapters are not merged offline yet: "
+                       "load the adapter on the model (load_adapter), merge_and_unload, and save the model's weights.");
+    }
     if (!weight) {
       result.modules_not_in_base.push_back(module);
       continue;

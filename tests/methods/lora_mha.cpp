@@ -11,6 +11,7 @@
 
 #include <peft/peft.h>
 
+#include "support/errors.h"
 #include "support/layers.h"
 #include "support/vectors.h"
 #include "support/warnings.h"
@@ -181,16 +182,6 @@ TEST(LoraAttention, AttentionWithBiasKvMatchesPython) {
   EXPECT_LT(max_abs_diff(m->forward(e["x"]), e["output_merged"]), 1e-5);
 }
 
-template <class E, class Fn>
-void expect_error(Fn&& fn, const std::string& text) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected: " << text;
-  } catch (const E& err) {
-    EXPECT_NE(std::string(err.what()).find(text), std::string::npos) << err.what();
-  }
-}
-
 TEST(LoraAttention, InjectedByConfigTrainsEveryAdapterTensor) {
   // The defect this replaces: target_modules={"out_proj"} was accepted, had no effect, and training failed with
   // "element 0 of tensors does not require grad".
@@ -246,6 +237,15 @@ TEST(LoraAttention, DecoderLayerAttentionsBothTrain) {
     EXPECT_EQ(p.value().grad().defined(), adapter) << p.key();
   }
   EXPECT_EQ(adapter_tensors, 8);  // A and B on each attention's in_proj and out_proj
+}
+
+TEST(LoraAttention, OfflineMergeRefusesAttentionAdapters) {
+  const peft::StateDict adapter =
+      peft::safetensors::load_file((data_dir("encoder") / "adapter_model.safetensors").string());
+  const auto config = peft::load_config((data_dir("encoder") / "adapter_config.json").string());
+  const peft::StateDict base = peft::safetensors::load_file((data_dir("encoder") / "base.safetensors").string());
+  expect_error<peft::MergeError>([&] { peft::merge_into_weights(*config, adapter, base); },
+                                 "belongs to a MultiheadAttention");
 }
 
 TEST(LoraAttention, WhatIsRefused) {

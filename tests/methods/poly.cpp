@@ -8,6 +8,7 @@
 #include <peft/tuners/poly/config.h>
 
 #include "methods/shared_tensor_checks.h"
+#include "support/errors.h"
 #include "support/layers.h"
 #include "support/method_variants.h"
 #include "support/snapshot.h"
@@ -25,16 +26,6 @@ INSTANTIATE_TEST_SUITE_P(Poly, UnsupportedLayers,
                          UnsupportedLayerName());
 
 at::Tensor case_task_ids(const VectorCase& c) { return c.tensor("task_ids.safetensors", "task_ids"); }
-
-template <class Fn>
-void expect_config_error_from(Fn&& fn, const std::string& text) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected: " << text;
-  } catch (const peft::ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
 
 TEST(Poly, InitialisationFollowsPythonsSeed) {
   WarningCapture warnings;
@@ -75,24 +66,24 @@ TEST(Poly, EveryForwardNeedsValidTaskIds) {
   peft::load_adapter(*model, c.dir.string());
   model->eval();
   const at::Tensor x = c.input();
-  expect_config_error_from([&] { model->forward(x); }, "task_ids should not be None");
+  expect_error<peft::ConfigError>([&] { model->forward(x); }, "task_ids should not be None");
   {
     const peft::TaskIds tasks(*model, torch::tensor({0, 5, 1}));
-    expect_config_error_from([&] { model->forward(x); }, "Only 3 tasks available. Found task id = 5");
+    expect_error<peft::ConfigError>([&] { model->forward(x); }, "Only 3 tasks available. Found task id = 5");
   }
   {
     const peft::TaskIds tasks(*model, torch::tensor({0, 1}));
-    expect_config_error_from([&] { model->forward(x); }, "TaskIds holds 2 task ids but the batch has 3 samples");
+    expect_error<peft::ConfigError>([&] { model->forward(x); }, "TaskIds holds 2 task ids but the batch has 3 samples");
   }
   {
     const peft::TaskIds tasks(*model, torch::tensor({0, 1, 2}));
-    expect_config_error_from([&] { model->forward(x.select(1, 0)); }, "must be (batch, sequence, features)");
+    expect_error<peft::ConfigError>([&] { model->forward(x.select(1, 0)); }, "must be (batch, sequence, features)");
     // Another model's guard does not reach these layers.
     VectorModel other = base_model(c);
     peft::load_adapter(*other, c.dir.string());
-    expect_config_error_from([&] { other->forward(x); }, "task_ids should not be None");
+    expect_error<peft::ConfigError>([&] { other->forward(x); }, "task_ids should not be None");
   }
-  expect_config_error_from([&] { peft::TaskIds(*model, torch::tensor({0.5, 1.0, 2.0})); }, "1-D integer tensor");
+  expect_error<peft::ConfigError>([&] { peft::TaskIds(*model, torch::tensor({0.5, 1.0, 2.0})); }, "1-D integer tensor");
   // Disabled adapters need no task ids.
   peft::DisabledAdapters off(*model);
   EXPECT_LT(max_abs_diff(model->forward(x), c.tensor("output_base.safetensors")), 1e-5);

@@ -10,6 +10,7 @@
 #include <peft/peft.h>
 #include <peft/tuners/xlora/model.h>
 
+#include "support/errors.h"
 #include "support/layers.h"
 #include "support/vectors.h"
 #include "support/warnings.h"
@@ -90,16 +91,6 @@ peft::StateDict classifier(const std::string& name) {
 }
 
 const char* kCases[] = {"default", "layerwise_topk", "temperature_top1"};
-
-template <class E, class Fn>
-void expect_error(Fn&& fn, const std::string& text) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected: " << text;
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
 
 
 TEST(XLora, ForwardAndScalingsMatchPython) {

@@ -50,6 +50,15 @@ PlannedAdapter plan(const fs::path& dir, double scale, const BaseCheckpoint& bas
   }
   std::vector<std::string> missing;
   for (const auto& module : modules) {
+    static const std::string out_proj = ".base_layer.out_proj";
+    const bool attention_out_proj =
+        module.size() > out_proj.size() && module.compare(module.size() - out_proj.size(), out_proj.size(), out_proj) == 0;
+    if (attention_out_proj || base.shard_of.count(module + ".in_proj_weight")) {
+      const std::string attention = attention_out_proj ? module.substr(0, module.size() - out_proj.size()) : module;
+      throw UserError("adapter " + dir.string() + " adapts the MultiheadAttention '" + attention + "', which peft-cpp "
+                      "merge does not merge yet: load the adapter on the model (peft::load_adapter), merge_and_unload, "
+                      "and save the model's weights");
+    }
     auto it = base.shard_of.find(module + ".weight");
     if (it == base.shard_of.end()) {
       missing.push_back(module + ".weight");
