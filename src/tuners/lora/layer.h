@@ -87,6 +87,7 @@ class LoraLayer final : public AdapterLayer {
   /// twice: lora.MultiheadAttention.merge adds it to out_proj's weight and then calls out_proj's own merge, which
   /// adds it again (in its forward, which merges and unmerges, and in merge_and_unload alike; the gradient flows
   /// through one of the two). Adapters trained in Python were trained that way, so delta_weight() is 2 B A s here.
+  bool doubled_delta() const { return doubled_delta_; }
   void mark_attention_out_proj(const std::string& attention) {
     set_checkpoint_module(attention + ".base_layer.out_proj");
     doubled_delta_ = true;
