@@ -135,6 +135,22 @@ int main(int argc, char** argv) {
         "report (VM noise ~1 %)", true);
   }
   {
+    // TorchScript models: the same 224-projection tree, scripted, next to the torch::nn model in the same iterations.
+    const auto& inject = get("TorchScriptInject");
+    row("inject LoRA r=16 into a TorchScript 7B tree at hidden 256 (224 targets) vs the same torch::nn model", "-",
+        fixed(inject["torchscript_ms"].get<double>(), 1) + " vs " + fixed(inject["torch_nn_ms"].get<double>(), 1) + " ms",
+        fixed(inject["torchscript_over_torch_nn"].get<double>(), 2) + "x torch::nn", "report", true);
+    const auto& forward = get("TorchScriptForward");
+    row("TorchScript 7B tree at hidden 256, 1 token, unmerged LoRA on all 224 projections vs its plain forward", "-",
+        fixed(forward["torchscript_lora_us"].get<double>(), 0) + " vs plain " +
+            fixed(forward["torchscript_plain_us"].get<double>(), 0) + " us (torch::nn: " +
+            fixed(forward["torch_nn_lora_us"].get<double>(), 0) + " vs " + fixed(forward["torch_nn_plain_us"].get<double>(), 0) +
+            " us)",
+        fixed(forward["torchscript_lora_over_plain"].get<double>(), 2) + "x (torch::nn " +
+            fixed(forward["torch_nn_lora_over_plain"].get<double>(), 2) + "x)",
+        "report", true);
+  }
+  {
     const double one = get("MixedBatch/1")["items_per_second"].get<double>();
     for (const char* k : {"8", "64"}) {
       const double mixed = get(std::string("MixedBatch/") + k)["items_per_second"].get<double>();

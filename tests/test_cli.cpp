@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <torch/csrc/jit/serialization/import.h>
+
 #include "support/vectors.h"
 
 #ifndef PEFT_CLI_BINARY
@@ -178,6 +180,27 @@ TEST(Cli, MergesShardedCheckpointsKeepingTheSharding) {
   for (const auto& item : c.tensors("merged_model.safetensors")) {
     EXPECT_LT(max_abs_diff(ours[item.key()], item.value().to(at::kBFloat16).to(at::kFloat)), 1e-6) << item.key();
   }
+}
+
+// A TorchScript base: the adapter is merged on the model and a .pt any LibTorch program loads comes out.
+TEST(Cli, MergesIntoATorchScriptModel) {
+  const fs::path data = cases_dir().parent_path() / "torchscript" / "gpt2_small";
+  Scratch scratch;
+  CliRun r = run("merge --base " + q(data / "scripted.pt") + " --adapter " + q(data / "lora") + " --out " +
+                 q(scratch / "merged.pt"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(scratch.has_partial_leftovers());
+  torch::jit::Module merged = torch::jit::load((scratch / "merged.pt").string());
+  merged.eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor ids = peft::safetensors::load_file((data / "input.safetensors").string())["x"];
+  const at::Tensor expected = peft::safetensors::load_file((data / "lora" / "output.safetensors").string())["output"];
+  EXPECT_LT(max_abs_diff(merged.forward({ids}).toTensor(), expected), 1e-5);
+  r = run("merge --base " + q(data / "scripted.pt") + " --adapter " + q(data / "lora") + " --scale 0.5 --out " +
+          q(scratch / "scaled.pt"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--scale"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(scratch / "scaled.pt"));
 }
 
 TEST(Cli, InspectDescribesTheAdapter) {

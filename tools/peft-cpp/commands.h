@@ -24,6 +24,9 @@ struct MergeOptions {
   std::optional<std::string> dtype;
 };
 void merge(const MergeOptions& options, std::ostream& out);
+/// A base that is a TorchScript file (.pt): merged on the model, written as a TorchScript file.
+bool is_torchscript_base(const std::filesystem::path& base);
+void merge_torchscript(const MergeOptions& options, std::ostream& out);
 
 struct ConvertOptions {
   std::filesystem::path adapter;

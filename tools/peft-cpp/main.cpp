@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   peft_cli::MergeOptions merge_options;
   auto* merge = app.add_subcommand("merge", "Merge adapters into a base checkpoint (W += scale * dW), one shard at a "
                                             "time, keeping the sharding.");
-  merge->add_option("--base", merge_options.base, "base .safetensors file, or a directory with its index")->required();
+  merge->add_option("--base", merge_options.base, "base .safetensors file, a directory with its index, or a TorchScript model (.pt)")->required();
   merge->add_option("--adapter", merge_options.adapters, "adapter directory (repeat for several)")->required();
   merge->add_option("--scale", merge_options.scales, "scale of the matching --adapter (default 1)");
   merge->add_option("--out", merge_options.out, "output file or directory (must not exist)")->required();

@@ -128,6 +128,10 @@ void merge(const MergeOptions& options, std::ostream& out) {
                     std::to_string(options.adapters.size()) + ")");
   }
   if (fs::exists(options.out)) throw UserError(options.out.string() + " already exists; choose a new --out");
+  if (is_torchscript_base(options.base)) {
+    merge_torchscript(options, out);
+    return;
+  }
   const std::optional<c10::ScalarType> dtype =
       options.dtype ? std::optional<c10::ScalarType>(parse_dtype(*options.dtype)) : std::nullopt;
   const BaseCheckpoint base = open_base(options.base);
