@@ -142,6 +142,40 @@ TEST_P(TorchScriptParity, SavedAdapterHasPythonKeysAndValues) {
 
 INSTANTIATE_TEST_SUITE_P(Exports, TorchScriptParity, testing::ValuesIn(all_cases()), case_name);
 
+// Every method on a TorchScript model: the vectors' *_mlp cases all use the MLP that mlp/traced.pt and
+// mlp/scripted.pt export (same weights), so each adapter must give its case's outputs on both exports.
+std::vector<std::string> vectors_mlp_cases() {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(vectors_dir())) {
+    const std::string name = entry.path().filename().string();
+    if (name.find("_mlp") != std::string::npos && fs::exists(entry.path() / "output.safetensors")) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+class TorchScriptEveryMethod : public testing::TestWithParam<std::string> {};
+
+TEST_P(TorchScriptEveryMethod, VectorsCaseOnBothExports) {
+  const fs::path dir = vectors_dir() / GetParam();
+  const at::Tensor x = tensor_in(dir / "input.safetensors", "x");
+  for (const char* file : {"traced.pt", "scripted.pt"}) {
+    SCOPED_TRACE(file);
+    torch::jit::Module model = torch::jit::load((data_dir() / "mlp" / file).string());
+    model.eval();
+    peft::load_adapter(model, dir.string());
+    expect_close(run(model, x), tensor_in(dir / "output.safetensors", "output"), "adapter");
+    if (fs::exists(dir / "output_merged.safetensors")) {
+      peft::merge_and_unload(model);
+      EXPECT_FALSE(has_peft_attributes(model));
+      expect_close(run(model, x), tensor_in(dir / "output_merged.safetensors", "output"), "merged");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Vectors, TorchScriptEveryMethod, testing::ValuesIn(vectors_mlp_cases()),
+                         [](const testing::TestParamInfo<std::string>& info) { return info.param; });
+
 class TorchScriptModel : public testing::TestWithParam<std::string> {
  protected:
   fs::path gpt2() const { return data_dir() / "gpt2_small"; }
