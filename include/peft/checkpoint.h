@@ -5,6 +5,8 @@
 
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
@@ -19,8 +21,9 @@ namespace peft {
 /// true, peft_version naming this library) and `directory/adapter_model.safetensors` (keys prefixed
 /// `base_model.model.`, metadata {"format": "pt"}, the adapter's own dtype). An adapter other than "default"
 /// goes to `directory/<adapter_name>/`, as save_pretrained does. Each file is written atomically.
+/// `options`: Python's save_embedding_layers (default "auto"; see PeftStateDictOptions).
 PEFT_API void save_adapter(ConstModuleRef model, const std::string& directory,
-                  const std::string& adapter_name = "default");
+                  const std::string& adapter_name = "default", const PeftStateDictOptions& options = {});
 
 struct LoadAdapterOptions {
   /// Create the adapter on the meta device and adopt the file's tensors (memory-mapped) instead of copying.
@@ -32,6 +35,15 @@ struct LoadAdapterOptions {
   /// Put the adapter's tensors on this device / in this dtype (default: the adapted layer's device and dtype).
   std::optional<c10::Device> device;
   std::optional<c10::ScalarType> dtype;
+  /// Python's ignore_mismatched_sizes: the file's tensors whose shapes do not fit the adapter the config describes
+  /// (or the base model) are left out, with Python's warning, and listed in LoadResult::mismatched_keys; those
+  /// adapter tensors keep their initial values.
+  bool ignore_mismatched_sizes = false;
+  /// Python's key_mapping: (pattern, replacement) pairs in order. Each key of the file loses its
+  /// `base_model.model.` (or `base_model.`) prefix, the first pattern that re.subn replaces something with rewrites
+  /// it (Python's `re` syntax and replacement templates: `\1`, `\g<name>`), and the prefix is put back. A key
+  /// without either prefix is an error, as in Python. Two keys mapped to one: the later tensor wins.
+  std::vector<std::pair<std::string, std::string>> key_mapping;
 };
 
 /// Reads an adapter directory (for an adapter other than "default", `directory/<adapter_name>/` when it

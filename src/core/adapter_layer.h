@@ -18,8 +18,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <c10/util/C++17.h>  // FunctionRef.h uses c10::invoke_result_t without including it
@@ -157,6 +159,12 @@ class AdapterLayer {
 
   /// The adapter's record, or nullptr.
   std::shared_ptr<const AdapterRecord> record(const std::string& name) const;
+
+  /// Python's LoraLayer.scaling, for the layers that are LoraLayers in Python (LoRA, AdaLoRA): each adapter's
+  /// scaling, in the order the adapters were added; nullopt for every other method.
+  virtual std::optional<std::vector<std::pair<std::string, double>>> lora_scalings() const { return std::nullopt; }
+  /// Publishes `adapter` with a new scaling (layers with lora_scalings() only; an adapter the layer lacks is ignored).
+  virtual void set_lora_scaling(const std::string& adapter, double scaling) {}
 
  protected:
   /// Records a new adapter and publishes it (called by commit).

@@ -17,4 +17,8 @@ void inject_checked(const PeftConfig& config, torch::nn::Module& model, const st
 /// model-level keys only files hold (Method::SharedContainer::layer_keys).
 StateDict adapter_state_dict(const torch::nn::Module& model, const std::string& adapter_name, bool for_file);
 
+/// Python's save_embedding_layers: decides (with Python's warnings) and adds the embedding layers' base tensors.
+void add_embedding_layers(const torch::nn::Module& model, const std::string& adapter_name,
+                          const PeftStateDictOptions& options, StateDict& out);
+
 }  // namespace peft::detail

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace peft::detail {
 
@@ -16,6 +17,7 @@ class PythonRegex {
   enum class Anchor {
     Full,   // re.fullmatch
     Start,  // re.match
+    Search, // re.search / re.sub: anywhere in the subject
   };
 
   /// Throws ConfigError naming `what` (e.g. "target_modules") when the pattern does not compile.
@@ -24,6 +26,13 @@ class PythonRegex {
   bool matches(const std::string& subject) const;
   /// Capture group `group` of a match, or nullopt when there is no match (or the group did not take part).
   std::optional<std::string> group(const std::string& subject, int group) const;
+
+  /// Python's re.subn(pattern, replacement, subject) (construct with Anchor::Search): every non-overlapping match
+  /// replaced, empty matches handled as Python 3.7+ does (one right after a match is kept, one at the same place
+  /// is not), and `replacement` read as Python's template: `\1`..`\99`, `\g<n>`, `\g<name>`, the escapes
+  /// \a \b \f \n \r \t \v \\ and octal ones; an unknown letter escape or a group the pattern lacks throws ConfigError
+  /// naming `what`. Returns the new string and the number of replacements.
+  std::pair<std::string, size_t> subn(const std::string& replacement, const std::string& subject) const;
 
   const std::string& pattern() const { return pattern_; }
 

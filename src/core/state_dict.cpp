@@ -7,9 +7,14 @@
 
 #include <peft/state_dict.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <optional>
 #include <sstream>
 #include <unordered_map>
+
+#include <nlohmann/json.hpp>
 
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
@@ -21,6 +26,7 @@
 #include "core/module_walk.h"
 #include "core/tensor_slots.h"
 #include "core/method.h"
+#include "core/python_regex.h"
 #include "tuners/modules_to_save/layer.h"
 
 namespace peft {
@@ -130,6 +136,147 @@ std::string shape_text(at::IntArrayRef sizes) {
   return os.str();
 }
 
+// The model's own tensors (adapter containers left out), module by module, each module's parameters then its
+// buffers: PyTorch's state_dict order. `python_names`: keyed as Python PEFT's model keys them, an adapted layer's
+// tensors under its `base_layer.` (modules_to_save: `original_module.`) infix; otherwise the model's own names.
+struct BaseTensor {
+  std::string key;
+  Slot slot;
+};
+std::vector<BaseTensor> model_tensors(const torch::nn::Module& root, const std::string& root_name, bool python_names) {
+  std::vector<BaseTensor> out;
+  std::unordered_map<const torch::nn::Module*, std::string> inner;  // a module's Python path, inside its wrapper
+  detail::walk_modules(const_cast<torch::nn::Module&>(root), [&](const detail::ModuleVisit& v) {
+    std::string path;
+    if (!v.parent) {
+      path = root_name;
+    } else {
+      const std::string last = v.name.substr(v.name.rfind('.') + 1);
+      path = join(inner[v.parent], last);
+    }
+    detail::AdapterLayer* adapters = detail::adapter_layer_of(v.module);
+    if (adapters && python_names) path = join(path, detail::is_modules_to_save(*adapters) ? "original_module" : "base_layer");
+    inner[&v.module] = path;
+    const std::string own = v.parent ? join(root_name, v.name) : root_name;
+    auto add = [&](const std::string& key, bool buffer) {
+      out.push_back({join(python_names ? path : own, key), Slot{&v.module, key, buffer, join(own, key), &v.module, false}});
+    };
+    for (const auto& p : detail::parameters_of(v.module)) {
+      if (p.value().defined()) add(p.key(), false);
+    }
+    for (const auto& b : detail::buffers_of(v.module)) {
+      if (b.value().defined()) add(b.key(), true);
+    }
+  });
+  return out;
+}
+
+const torch::nn::Module* find_module(const torch::nn::Module& model, const std::string& name) {
+  const torch::nn::Module* found = nullptr;
+  detail::walk_modules(model, [&](const std::string& n, const torch::nn::Module& m) {
+    if (!found && n == name) found = &m;
+  });
+  return found;
+}
+
+std::string python_str_list(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", '" : "'") + items[i] + "'";
+  return out + "]";
+}
+
+// Python's get_peft_model_state_dict, "DEAL WITH EMBEDDINGS": decides save_embedding_layers as Python does
+// (warnings included) and adds the embedding layers' base tensors to `out`.
+void add_embedding_layers(const torch::nn::Module& model, const PeftConfig& config, const PeftStateDictOptions& options,
+                          StateDict& out) {
+  static const std::vector<std::string> kEmbeddingLayerNames{"embed_tokens", "lm_head"};  // EMBEDDING_LAYER_NAMES
+  const TargetModules& targets = config.target_modules();
+  bool embedding_is_targeted = false;
+  if (targets.is_regex()) {
+    // Every module whose name ends in an embedding name, matched against the pattern (re.fullmatch).
+    const detail::PythonRegex pattern(targets.pattern(), detail::PythonRegex::Anchor::Full, "target_modules");
+    detail::walk_modules(model, [&](const std::string& name, const torch::nn::Module&) {
+      if (embedding_is_targeted) return;
+      for (const std::string& e : kEmbeddingLayerNames) {
+        const bool ends = name == e || (name.size() > e.size() && name.compare(name.size() - e.size() - 1, e.size() + 1, "." + e) == 0);
+        if (ends && pattern.matches(name)) embedding_is_targeted = true;
+      }
+    });
+  } else if (targets.is_names()) {
+    // Python asks `k in config.target_modules`: the names as they are, no suffix matching.
+    for (const std::string& e : kEmbeddingLayerNames) {
+      if (std::find(targets.names().begin(), targets.names().end(), e) != targets.names().end()) embedding_is_targeted = true;
+    }
+  }
+  // LoRA's trainable_token_indices is refused by peft-cpp, so only the method itself counts here.
+  const bool using_trainable_tokens = config.peft_type() == "TRAINABLE_TOKENS";
+
+  bool save = options.save_embedding_layers == SaveEmbeddingLayers::On;
+  if (options.save_embedding_layers == SaveEmbeddingLayers::Auto && embedding_is_targeted && !using_trainable_tokens) {
+    TORCH_WARN("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.");
+    save = true;
+  } else if (options.save_embedding_layers == SaveEmbeddingLayers::Auto) {
+    const std::optional<std::string>& model_id = config.base_model_name_or_path();
+    bool has_base_config = false;
+    std::filesystem::path config_file;
+    if (model_id) {
+      config_file = std::filesystem::path(*model_id) / "config.json";
+      has_base_config = std::filesystem::exists(config_file);
+      if (!has_base_config) {
+        // Python then asks the Hub; peft-cpp never does, so it answers as Python does offline (HF_HUB_OFFLINE).
+        TORCH_WARN("Could not find a config file in ", *model_id, " - will assume that the vocabulary was not modified.");
+      }
+    }
+    bool resized = false;
+    if (options.vocab_size && *options.vocab_size != 0 && model_id && !model_id->empty() && has_base_config) {
+      std::ifstream in(config_file);
+      nlohmann::json base_config = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+      if (base_config.is_discarded() || !base_config.is_object()) {
+        throw FileFormatError(config_file.string() + " is not a JSON object; save_embedding_layers \"auto\" reads the "
+                              "base model's vocab_size from it (or pass save_embedding_layers On or Off)");
+      }
+      const auto it = base_config.find("vocab_size");
+      if (it == base_config.end() || !it->is_number_integer()) {
+        throw FileFormatError(config_file.string() + " has no integer vocab_size; save_embedding_layers \"auto\" "
+                              "compares it with the model's (pass save_embedding_layers On or Off instead)");
+      }
+      resized = it->get<int64_t>() != *options.vocab_size;
+    }
+    if (resized) {
+      TORCH_WARN("Setting `save_embedding_layers` to `True` as the embedding layer has been resized during finetuning.");
+      save = true;
+    } else {
+      save = false;
+    }
+  }
+  if (!save) return;
+  if (!options.input_embeddings) {
+    TORCH_WARN("Could not identify embedding layer(s) because the model is not a \xF0\x9F\xA4\x97 transformers model.");
+    return;
+  }
+  for (const std::optional<std::string>& name : {options.input_embeddings, options.output_embeddings}) {
+    if (!name) continue;  // get_output_embeddings() returned None
+    const torch::nn::Module* layer = find_module(model, *name);
+    if (!layer) {
+      throw ConfigError("save_embedding_layers: the embedding layer '" + *name + "' (" +
+                        (name == options.input_embeddings ? "input_embeddings" : "output_embeddings") +
+                        ") names no module of the model");
+    }
+    // A targeted embedding is saved only when it is an adapted Linear or Embedding (Python's
+    // has_valid_embedding_base_layer); an embedding that is not targeted is saved whole (it must have been resized).
+    detail::AdapterLayer* adapters = detail::adapter_layer_of(*layer);
+    bool valid_base_layer = false;
+    if (adapters && !detail::is_modules_to_save(*adapters)) {
+      const detail::LayerKind kind = adapters->base_layer().kind;
+      valid_base_layer = kind == detail::LayerKind::Linear || kind == detail::LayerKind::Embedding;
+    }
+    if (embedding_is_targeted && !valid_base_layer) continue;
+    for (const BaseTensor& t : model_tensors(*layer, *name, /*python_names=*/true)) {
+      if (!out.contains(t.key)) out.insert(t.key, slot_tensor(t.slot));
+    }
+  }
+}
+
 }  // namespace
 
 namespace detail {
@@ -179,12 +326,97 @@ StateDict adapter_state_dict(const torch::nn::Module& model, const std::string& 
 
 }  // namespace detail
 
-StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string& adapter_name) {
-  return detail::adapter_state_dict(model_ref.get(), adapter_name, /*for_file=*/false);
+namespace detail {
+
+void add_embedding_layers(const torch::nn::Module& model, const std::string& adapter_name,
+                          const PeftStateDictOptions& options, StateDict& out) {
+  if (options.save_embedding_layers == SaveEmbeddingLayers::Off) return;  // nothing to decide, nothing to warn
+  const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
+  peft::add_embedding_layers(model, *config, options, out);
+}
+
+}  // namespace detail
+
+StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string& adapter_name,
+                                    const PeftStateDictOptions& options) {
+  StateDict out = detail::adapter_state_dict(model_ref.get(), adapter_name, /*for_file=*/false);
+  detail::add_embedding_layers(model_ref.get(), adapter_name, options, out);
+  return out;
+}
+
+StateDict get_base_model_state_dict(ConstModuleRef model_ref) {
+  StateDict out;
+  for (const BaseTensor& t : model_tensors(model_ref.get(), "", /*python_names=*/false)) {
+    if (!out.contains(t.key)) out.insert(t.key, slot_tensor(t.slot));
+  }
+  return out;
+}
+
+LoadResult set_base_model_state_dict(ModuleRef model_ref, const StateDict& state_dict, bool strict) {
+  torch::nn::Module& model = model_ref.get();
+  std::vector<BaseTensor> tensors = model_tensors(model, "", /*python_names=*/false);
+  std::unordered_map<std::string, const Slot*> by_key;
+  for (const BaseTensor& t : tensors) by_key.emplace(t.key, &t.slot);
+  LoadResult result;
+  std::vector<std::pair<const Slot*, const at::Tensor*>> plan;
+  std::vector<std::string> problems;
+  for (const auto& item : state_dict) {
+    auto it = by_key.find(item.key());
+    if (it == by_key.end()) {
+      result.unexpected_keys.push_back(item.key());
+      continue;
+    }
+    const Slot& slot = *it->second;
+    const at::Tensor& value = item.value();
+    const at::Tensor& target = slot_tensor(slot);
+    if (!value.defined() || value.device().is_meta()) {
+      problems.push_back("tensor for " + item.key() + (value.defined() ? " is on the meta device and holds no values" : " is undefined"));
+    } else if (value.sizes() != target.sizes()) {
+      problems.push_back("size mismatch for " + item.key() + ": copying a param with shape " + shape_text(value.sizes()) +
+                         " from checkpoint, the shape in current model is " + shape_text(target.sizes()) + ".");
+    } else if (!(value.scalar_type() == target.scalar_type() || (value.is_floating_point() && target.is_floating_point()))) {
+      problems.push_back("dtype mismatch for " + item.key() + ": the checkpoint holds " +
+                         std::string(c10::toString(value.scalar_type())) + ", the model " +
+                         std::string(c10::toString(target.scalar_type())) + ".");
+    } else if (target.device().is_meta()) {
+      problems.push_back(item.key() + " is on the meta device in the model; give it real storage first "
+                         "(peft::assign_tensors adopts tensors into meta-device parameters).");
+    } else {
+      plan.emplace_back(&slot, &value);
+    }
+  }
+  std::unordered_map<std::string, bool> given;
+  for (const auto& item : state_dict) given[item.key()] = true;
+  std::unordered_map<std::string, bool> listed;
+  for (const BaseTensor& t : tensors) {
+    if (!given.count(t.key) && listed.emplace(t.key, true).second) result.missing_keys.push_back(t.key);
+  }
+  if (strict && (!result.missing_keys.empty() || !result.unexpected_keys.empty())) {
+    std::string message = "Error(s) in loading state_dict:";
+    if (!result.missing_keys.empty()) message += "\n\tMissing key(s) in state_dict: " + python_str_list(result.missing_keys);
+    if (!result.unexpected_keys.empty()) message += "\n\tUnexpected key(s) in state_dict: " + python_str_list(result.unexpected_keys);
+    throw StateDictError(message);
+  }
+  if (!problems.empty()) {
+    std::string message = "Error(s) in loading state_dict for " + model.name() + ":";
+    for (const auto& p : problems) message += "\n\t" + p;
+    throw StateDictError(message);
+  }
+  at::NoGradGuard no_grad;
+  for (const auto& [slot, value] : plan) slot_tensor(*slot).copy_(*value);
+  return result;
 }
 
 LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given, const std::string& adapter_name,
                                      bool low_cpu_mem_usage) {
+  SetStateDictOptions options;
+  options.low_cpu_mem_usage = low_cpu_mem_usage;
+  return set_peft_model_state_dict(model_ref, given, adapter_name, options);
+}
+
+LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given, const std::string& adapter_name,
+                                     const SetStateDictOptions& options) {
+  const bool low_cpu_mem_usage = options.low_cpu_mem_usage;
   torch::nn::Module& model = model_ref.get();
   const std::shared_ptr<const PeftConfig> config = detail::require_adapter(model, adapter_name);
   // The method's view of its own checkpoint format (VB-LoRA's top-k files become logits).
@@ -211,10 +443,11 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given
     const std::string key = original.compare(0, kPeftPrefix.size(), kPeftPrefix) == 0 ? original.substr(kPeftPrefix.size()) : original;
     const Slot* slots = nullptr;
     size_t count = 1;
+    bool adapter_key = false;
     if (auto it = adapter.by_key.find(key); it != adapter.by_key.end()) {
       slots = it->second.data();
       count = it->second.size();
-      provided[key] = true;
+      adapter_key = true;
     } else if (auto b = base.find(key); b != base.end()) {
       slots = &b->second;
     }
@@ -234,7 +467,17 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given
       continue;
     }
     if (value.sizes() != target.sizes()) {
-      problems.push_back("size mismatch for " + slot.model_key + ": copying a param with shape " +
+      // Python's _find_mismatched_keys: with ignore_mismatched_sizes the key is left out, unless the model's tensor
+      // could be a packed 4-bit weight (last dimension 1, half the checkpoint's elements), which Python keeps, so
+      // that its load_state_dict refuses it.
+      const bool packed_4bit = target.dim() > 0 && target.size(-1) == 1 && target.numel() * 2 == value.numel();
+      // Python names the model's key: the adapter's own (adapter name inserted) or the base tensor's as given.
+      const std::string& model_key = adapter_key ? slot.model_key : key;
+      if (options.ignore_mismatched_sizes && !packed_4bit) {
+        result.mismatched_keys.push_back({model_key, value.sizes().vec(), target.sizes().vec()});
+        continue;
+      }
+      problems.push_back("size mismatch for " + model_key + ": copying a param with shape " +
                          shape_text(value.sizes()) + " from checkpoint, the shape in current model is " +
                          shape_text(target.sizes()) + ".");
       continue;
@@ -253,6 +496,7 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given
       continue;
     }
     plan.push_back({slots, count, &value});
+    if (adapter_key) provided[key] = true;
   }
   if (!problems.empty()) {
     std::string message = "Error(s) in loading state_dict for " + model.name() + ":";
@@ -275,16 +519,25 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given
           return target;
         }
         // Adopt the tensor: on the layer's device and in its float dtype, without a copy when it already fits.
-        at::TensorOptions options = target.options();
+        at::TensorOptions to = target.options();
         if (target.device().is_meta()) {
           const std::optional<detail::BaseLayer> layer = detail::describe_layer(*slot.layer);
           const at::Tensor weight = layer ? layer->weight() : at::Tensor();
           const bool real_layer = weight.defined() && !weight.device().is_meta();
-          options = options.device(real_layer ? weight.device() : p.value->device());
+          to = to.device(real_layer ? weight.device() : p.value->device());
         }
-        return p.value->detach().to(options.device(), options.dtype().toScalarType());
+        return p.value->detach().to(to.device(), to.dtype().toScalarType());
       });
     }
+  }
+  if (!result.mismatched_keys.empty()) {
+    std::string lines;
+    for (const MismatchedKey& m : result.mismatched_keys) {
+      lines += (lines.empty() ? "" : "\n") + std::string("- ") + m.key + ": found shape " + shape_text(m.checkpoint_shape) +
+               " in the checkpoint and " + shape_text(m.model_shape) + " in the model instantiated";
+    }
+    TORCH_WARN("Some weights of ", model.name(), " were not initialized from the model checkpoint and are being ignored "
+               "because you passed `ignore_mismatched_sizes=True`: ", lines, ".");
   }
   return result;
 }

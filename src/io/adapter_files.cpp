@@ -16,6 +16,7 @@
 #include "core/json_config.h"
 #include "core/method.h"
 #include "core/model_adapters.h"
+#include "core/python_regex.h"
 #include "core/tensor_slots.h"
 #include "io/atomic_file.h"
 
@@ -57,6 +58,48 @@ void place_adapter(torch::nn::Module& model, const std::string& adapter, const L
   }
 }
 
+// Python's load_peft_weights with key_mapping: each key loses its prefix, the first pattern that replaces something
+// rewrites it, the prefix goes back on; a later key mapped onto an earlier one replaces its tensor, in its place.
+StateDict remap_keys(const StateDict& weights, const std::vector<std::pair<std::string, std::string>>& key_mapping,
+                     const std::string& file) {
+  if (key_mapping.empty()) return weights;
+  std::vector<PythonRegex> patterns;
+  for (const auto& [pattern, replacement] : key_mapping) {
+    patterns.emplace_back(pattern, PythonRegex::Anchor::Search, "key_mapping");
+  }
+  StateDict out;
+  for (const auto& item : weights) {
+    std::string prefix;
+    for (const char* p : {"base_model.model.", "base_model."}) {
+      if (item.key().rfind(p, 0) == 0) {
+        prefix = p;
+        break;
+      }
+    }
+    if (prefix.empty()) {
+      // Python raises "An error occurred while trying to load a PEFT state_dict with key_mapping. This should not happen."
+      throw FileFormatError("key_mapping: the key '" + item.key() + "' of " + file + " starts with neither "
+                            "'base_model.model.' nor 'base_model.', which Python PEFT's key_mapping requires (its keys are "
+                            "mapped without that prefix); load the file without key_mapping");
+    }
+    std::string key = item.key().substr(prefix.size());
+    for (size_t i = 0; i < patterns.size(); ++i) {
+      auto [replaced, count] = patterns[i].subn(key_mapping[i].second, key);
+      if (count > 0) {
+        key = std::move(replaced);
+        break;
+      }
+    }
+    key = prefix + key;
+    if (out.contains(key)) {
+      out[key] = item.value();
+    } else {
+      out.insert(key, item.value());
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 }  // namespace detail
@@ -76,13 +119,19 @@ LoadResult load_adapter(ModuleRef model_ref, const std::string& directory, const
   }
   std::shared_ptr<PeftConfig> config = load_config((dir / kConfigFile).string());
   ConfigFields::set_inference_mode(*config, !options.is_trainable);
-  const StateDict weights = safetensors::load_file((dir / kWeightsFile).string());
+  const StateDict weights =
+      remap_keys(safetensors::load_file((dir / kWeightsFile).string()), options.key_mapping, (dir / kWeightsFile).string());
 
   // Injection checks the weights' shapes and dtypes against the adapter before attaching anything, so the
-  // load below cannot fail on them.
-  inject_checked(*config, model, adapter_name, options.low_cpu_mem_usage, std::nullopt, &weights);
+  // load below cannot fail on them. With ignore_mismatched_sizes, shapes that do not fit are left out by the load
+  // instead, and anything else it refuses is undone below.
+  inject_checked(*config, model, adapter_name, options.low_cpu_mem_usage, std::nullopt,
+                 options.ignore_mismatched_sizes ? nullptr : &weights);
   try {
-    LoadResult result = set_peft_model_state_dict(model, weights, adapter_name, options.low_cpu_mem_usage);
+    SetStateDictOptions load_options;
+    load_options.low_cpu_mem_usage = options.low_cpu_mem_usage;
+    load_options.ignore_mismatched_sizes = options.ignore_mismatched_sizes;
+    LoadResult result = set_peft_model_state_dict(model, weights, adapter_name, load_options);
     place_adapter(model, adapter_name, options);
     return result;
   } catch (...) {
@@ -91,7 +140,8 @@ LoadResult load_adapter(ModuleRef model_ref, const std::string& directory, const
   }
 }
 
-void save_adapter(ConstModuleRef model_ref, const std::string& directory, const std::string& adapter_name) {
+void save_adapter(ConstModuleRef model_ref, const std::string& directory, const std::string& adapter_name,
+                  const PeftStateDictOptions& options) {
   const torch::nn::Module& model = model_ref.get();
   std::shared_ptr<PeftConfig> config = detail::require_adapter(model, adapter_name)->clone();
   detail::ConfigFields::set_inference_mode(*config, true);
@@ -101,7 +151,9 @@ void save_adapter(ConstModuleRef model_ref, const std::string& directory, const 
   }
   StateDict prefixed;
   const detail::Method& method = detail::require_method(config->peft_type());
-  for (const auto& item : detail::adapter_state_dict(model, adapter_name, /*for_file=*/true)) {
+  StateDict state_dict = detail::adapter_state_dict(model, adapter_name, /*for_file=*/true);
+  detail::add_embedding_layers(model, adapter_name, options, state_dict);
+  for (const auto& item : state_dict) {
     // Model-level keys (an adapter's shared tensors, "base_model.vera_A") are written as they are, as Python does.
     const bool model_level = method.shared_container_of_key(item.key()) != nullptr;
     prefixed.insert(model_level ? item.key() : "base_model.model." + item.key(), item.value());

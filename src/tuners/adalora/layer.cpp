@@ -26,6 +26,22 @@ class AdaLoraLayer final : public DictAdapterLayer {
       : DictAdapterLayer(request, method,
                          {{"lora_A"}, {"lora_B"}, {"lora_E"}, {"ranknum", false, /*in_checkpoint=*/false}}) {}
 
+  // Python's AdaLoraLayer is a LoraLayer: rescale_adapter_scale multiplies its scaling too.
+  std::optional<std::vector<std::pair<std::string, double>>> lora_scalings() const override {
+    std::vector<std::pair<std::string, double>> out;
+    for (const std::string& name : adapter_names()) {
+      if (const auto r = record(name)) out.emplace_back(name, static_cast<const Record&>(*r).scaling);
+    }
+    return out;
+  }
+  void set_lora_scaling(const std::string& adapter, double scaling) override {
+    const auto current = record(adapter);
+    if (!current || static_cast<const Record&>(*current).scaling == scaling) return;
+    auto changed = std::make_shared<Record>(static_cast<const Record&>(*current));
+    changed->scaling = scaling;
+    replace_record(std::move(changed));
+  }
+
  protected:
   at::Tensor forward_active(torch::nn::Module& base, const at::Tensor& x, const ActiveAdapters& active,
                             BaseForward base_forward) override {

@@ -114,6 +114,14 @@ void LoraLayer::set_scaling(const std::string& name, double scaling) {
   replace_record(std::move(changed));
 }
 
+std::optional<std::vector<std::pair<std::string, double>>> LoraLayer::lora_scalings() const {
+  std::vector<std::pair<std::string, double>> out;
+  for (const std::string& name : adapter_names()) {
+    if (const auto a = adapter(name)) out.emplace_back(name, a->scaling);
+  }
+  return out;
+}
+
 std::pair<at::Tensor, at::Tensor> LoraLayer::lora_weights(const LoraAdapter& a) const {
   if (a.linear_A) return {a.linear_A->weight, a.linear_B->weight};
   if (a.A) return {conv_weight(kind(), *a.A), conv_weight(kind(), *a.B)};

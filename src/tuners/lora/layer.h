@@ -79,6 +79,8 @@ class LoraLayer final : public AdapterLayer {
   std::shared_ptr<const LoraAdapter> adapter(const std::string& name) const;
   /// Publishes the adapter with a new scaling (hot-swapping another adapter's alpha/rank in).
   void set_scaling(const std::string& name, double scaling);
+  std::optional<std::vector<std::pair<std::string, double>>> lora_scalings() const override;
+  void set_lora_scaling(const std::string& adapter, double scaling) override { set_scaling(adapter, scaling); }
   /// The A and B weights (or embedding A/B) of an adapter, as registered.
   std::pair<at::Tensor, at::Tensor> lora_weights(const LoraAdapter& adapter) const;
 
