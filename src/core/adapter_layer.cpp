@@ -143,7 +143,8 @@ void AdapterLayer::set_trainable(torch::nn::Module& base, const std::vector<std:
     const bool wanted = contains(trainable, entry.first);
     for (const AdapterTensor& tensor : adapter_tensors(base, entry.first)) {
       // Only a changing flag is written: autograd reads it, without a lock, in forwards on other threads.
-      if (!tensor.is_buffer && tensor.get().requires_grad() != wanted) tensor.get().set_requires_grad(wanted);
+      const bool trains = wanted && !tensor.frozen;
+      if (!tensor.is_buffer && tensor.get().requires_grad() != trains) tensor.get().set_requires_grad(trains);
     }
   }
 }
@@ -181,10 +182,12 @@ std::vector<AdapterTensor> AdapterLayer::adapter_tensors(const torch::nn::Module
   for (const std::string& container_name : checkpoint_container_names()) {
     const auto* container = children.find(container_name);
     if (!container) continue;
+    const size_t first = out.size();
     torch::nn::Module& dict = **container;
     // A ParameterDict holds the adapter's tensor directly under the adapter name.
     if (parameters_of(dict).contains(adapter)) {
       out.push_back({checkpoint_key(container_name), container_name + "." + adapter, &dict, adapter, false});
+      mark_frozen(out, first, adapter, container_name);
       continue;
     }
     // A BufferDict: the same, as a buffer.
@@ -210,8 +213,15 @@ std::vector<AdapterTensor> AdapterLayer::adapter_tensors(const torch::nn::Module
                        buffer.key(), true});
       }
     }
+    mark_frozen(out, first, adapter, container_name);
   }
   return out;
+}
+
+void AdapterLayer::mark_frozen(std::vector<AdapterTensor>& tensors, size_t first, const std::string& adapter,
+                               const std::string& container) const {
+  if (!frozen_container(adapter, container)) return;
+  for (size_t i = first; i < tensors.size(); ++i) tensors[i].frozen = true;
 }
 
 void ParameterDictImpl::pretty_print(std::ostream& stream) const {

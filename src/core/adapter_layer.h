@@ -68,6 +68,8 @@ struct AdapterTensor {
   torch::nn::Module* owner;
   std::string name;
   bool is_buffer = false;
+  /// A parameter the method keeps frozen whatever trains (MiCA's lora_B): requires_grad is never set on it.
+  bool frozen = false;
 
   const at::Tensor& get() const;
 };
@@ -143,6 +145,14 @@ class AdapterLayer {
 
   /// Every tensor of `adapter` on this layer; `base` is the adapted layer.
   std::vector<AdapterTensor> adapter_tensors(const torch::nn::Module& base, const std::string& adapter) const;
+  /// Whether the tensors of `container` stay frozen for `adapter` (Python's frozen_peft_weight_names).
+  virtual bool frozen_container(const std::string& adapter, const std::string& container) const { return false; }
+
+ private:
+  void mark_frozen(std::vector<AdapterTensor>& tensors, size_t first, const std::string& adapter,
+                   const std::string& container) const;
+
+ public:
 
   /// Adapters whose deltas are in the base weight, in merge order.
   std::vector<std::string> merged_adapters() const;

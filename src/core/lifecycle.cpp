@@ -261,7 +261,8 @@ void set_requires_grad(ModuleRef model_ref, const std::vector<std::string>& name
   for (const AdaptedLayer& layer : detail::adapted_layers(model)) {
     for (const std::string& name : names) {
       for (const detail::AdapterTensor& t : layer.adapters->adapter_tensors(*layer.module, name)) {
-        if (!t.is_buffer && t.get().requires_grad() != requires_grad) t.get().set_requires_grad(requires_grad);
+        const bool trains = requires_grad && !t.frozen;
+        if (!t.is_buffer && t.get().requires_grad() != trains) t.get().set_requires_grad(trains);
       }
     }
   }

@@ -196,6 +196,7 @@ std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request)
   adapter->scaling = config_.use_rslora() ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
   adapter->use_dora = config_.use_dora();
   adapter->lora_bias = lora_bias;
+  adapter->frozen_B = is_mica(config_.init_lora_weights());
   adapter->dropout = config_.lora_dropout();
   if (adapter->dropout > 0) {
     auto dropout = std::make_shared<torch::nn::DropoutImpl>(torch::nn::DropoutOptions(adapter->dropout));
@@ -237,7 +238,7 @@ std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request)
   // Methods that move part of the base weight into the adapter run even for meta adapters (their
   // result is the base weight, which a checkpoint does not restore); plain inits are skipped on meta.
   const std::string& method = config_.init_lora_weights().method();
-  const bool rewrites_base = method == "pissa" || method == "olora";
+  const bool rewrites_base = rewrites_base_weight(method);
   if (rewrites_base && meta && base.kind != LayerKind::Embedding) {
     at::Tensor real_A = at::empty(A.sizes(), options.device(base.weight().device()));
     at::Tensor real_B = at::empty(B.sizes(), options.device(base.weight().device()));

@@ -1,5 +1,11 @@
 #include "tuners/lora/init.h"
 
+#include <cctype>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "tuners/common/svd_lowrank.h"
+
 #include <cmath>
 
 #include <ATen/ops/diag.h>
@@ -39,15 +45,57 @@ at::Tensor stored_layout(const BaseLayer& base, const at::Tensor& out_in, const 
 
 }  // namespace
 
+std::optional<int64_t> pissa_niter(const std::string& method) {
+  static const std::string prefix = "pissa_niter_";
+  if (method.compare(0, prefix.size(), prefix) != 0 || method.size() == prefix.size()) return std::nullopt;
+  for (size_t i = prefix.size(); i < method.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(method[i]))) return std::nullopt;
+  }
+  return std::stoll(method.substr(prefix.size()));
+}
+
+bool is_mica(const InitLoraWeights& init) {
+  if (init.is_bool()) return false;
+  std::string lower = init.method();
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return lower == "mica";
+}
+
+namespace {
+
+// MiCA (Python's mica_init): B from the r left singular vectors of the smallest singular values of `out_in`, A zero.
+void mica(const at::Tensor& out_in, int64_t r, const at::Tensor& A, const at::Tensor& B, const char* what) {
+  const int64_t max_r = std::min(out_in.size(0), out_in.size(1));
+  if (r > max_r) {
+    throw ConfigError(std::string("MiCA requires `r` <= min(") + what + ") but got r=" + std::to_string(r) +
+                      " for a layer with weight shape " + c10::str(out_in.sizes()) + " (max usable r is " +
+                      std::to_string(max_r) + ").");
+  }
+  auto [U, S, Vh] = torch::linalg::svd(out_in, /*full_matrices=*/false, c10::nullopt);
+  copy_into(B, U.slice(1, U.size(1) - r, U.size(1)).contiguous());
+  A.zero_();
+}
+
+}  // namespace
+
+bool rewrites_base_weight(const std::string& method) {
+  return method == "pissa" || method == "olora" || pissa_niter(method).has_value();
+}
+
 bool is_supported_init(const std::string& method) {
-  return method == "gaussian" || method == "orthogonal" || method == "pissa" || method == "olora" ||
-         method == "eva" || method == "lora_ga";
+  return is_mica(InitLoraWeights(method)) || method == "gaussian" || method == "orthogonal" || method == "pissa" || method == "olora" ||
+         method == "eva" || method == "lora_ga" || pissa_niter(method).has_value();
 }
 
 std::optional<at::Tensor> initialise(const InitLoraWeights& init, const BaseLayer& base, int64_t r, double scaling,
                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& B_bias) {
   at::NoGradGuard no_grad;
   if (base.kind == LayerKind::Embedding) {
+    if (is_mica(init)) {
+      // Python's Embedding.mica_init: the effective projection is weight^T (embedding_dim, num_embeddings).
+      mica(base_weight_out_in(base, "MiCA").t(), r, A, B, "num_embeddings, embedding_dim");
+      return std::nullopt;
+    }
     // Python creates both with randn and, for any truthy init, sets A to zeros and B to normal.
     if (init.enabled()) {
       A.zero_();
@@ -69,6 +117,10 @@ std::optional<at::Tensor> initialise(const InitLoraWeights& init, const BaseLaye
   const std::string& method = init.method();
   if (base.is_conv() && !(init.is_bool() || method == "gaussian" || method == "lora_ga")) {
     throw ConfigError("Unknown initialization init_lora_weights='" + method + "' for a convolution layer");
+  }
+  if (is_mica(init)) {
+    mica(base_weight_out_in(base, "MiCA"), r, A, B, "in_features, out_features");
+    return std::nullopt;
   }
   if (init.is_bool() || method == "lora_ga") {
     // lora_ga without gradients (peft-cpp never has them) falls back to the default init, as in Python.
@@ -107,6 +159,18 @@ std::optional<at::Tensor> initialise(const InitLoraWeights& init, const BaseLaye
     const at::Tensor root = at::diag(at::sqrt(Sr));
     const at::Tensor lora_A = at::matmul(root, Uh.slice(0, 0, r));
     const at::Tensor lora_B = at::matmul(V.slice(1, 0, r), root);
+    copy_into(A, lora_A);
+    copy_into(B, lora_B);
+    return stored_layout(base, weight - scaling * at::matmul(lora_B, lora_A), base.weight());
+  }
+  if (const auto niter = pissa_niter(method)) {
+    // Python's fast PiSSA: torch.svd_lowrank(weight, r, niter), its random projection from the global generator
+    // (after the layer's default init, as in Python), so a seed gives Python's adapter.
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    auto [Vr, S, Ur] = svd_lowrank(weight, r, *niter, generator);
+    const at::Tensor root = at::diag(at::sqrt(S / scaling));
+    const at::Tensor lora_A = at::matmul(root, Ur.t());
+    const at::Tensor lora_B = at::matmul(Vr, root);
     copy_into(A, lora_A);
     copy_into(B, lora_B);
     return stored_layout(base, weight - scaling * at::matmul(lora_B, lora_A), base.weight());

@@ -14,6 +14,12 @@ namespace peft::detail::lora {
 
 /// Names accepted in init_lora_weights, besides true/false.
 bool is_supported_init(const std::string& method);
+/// The iteration count of "pissa_niter_<n>" (Python's fast PiSSA), or nothing.
+std::optional<int64_t> pissa_niter(const std::string& method);
+/// Whether the init moves part of the base weight into the adapter (PiSSA, fast PiSSA, OLoRA).
+bool rewrites_base_weight(const std::string& method);
+/// init_lora_weights "mica" (any case): Minor Component Adaptation, lora_B frozen.
+bool is_mica(const InitLoraWeights& init);
 
 /// Initialises a new adapter's A and B (and B's bias) in place. For "pissa" and "olora", which move part
 /// of the base weight into the adapter, returns the new base weight (as stored, same dtype).

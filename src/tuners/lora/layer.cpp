@@ -128,6 +128,14 @@ std::pair<at::Tensor, at::Tensor> LoraLayer::lora_weights(const LoraAdapter& a) 
   return {embedding_A_->get(a.name), embedding_B_->get(a.name)};
 }
 
+bool LoraLayer::frozen_container(const std::string& name, const std::string& container) const {
+  if (container != "lora_B" && container != "lora_embedding_B") return false;
+  // Called with the layer's mutex held (set_active_adapters) or from a structural change that must not overlap
+  // others: records_ is read directly.
+  auto it = records_.find(name);
+  return it != records_.end() && static_cast<const LoraAdapter&>(*it->second).frozen_B;
+}
+
 std::string LoraLayer::checkpoint_key(std::string key) const {
   // Python PEFT keeps DoRA's old checkpoint format: the magnitude without its ".weight".
   static const std::string dora = "lora_magnitude_vector.weight";

@@ -31,6 +31,7 @@ struct LoraAdapter : AdapterRecord {
   bool use_rslora = false;
   bool use_dora = false;
   bool lora_bias = false;
+  bool frozen_B = false;  // MiCA: only A trains
   double dropout = 0;
   std::shared_ptr<torch::nn::Module> A;  // Linear for linear layers, Conv for conv layers; unset for embeddings
   std::shared_ptr<torch::nn::Module> B;
@@ -99,6 +100,7 @@ class LoraLayer final : public AdapterLayer {
 
  protected:
   std::string checkpoint_key(std::string key) const override;
+  bool frozen_container(const std::string& adapter, const std::string& container) const override;
 
  private:
   at::Tensor forward_linear(torch::nn::Module& base, const at::Tensor& x, at::Tensor result,

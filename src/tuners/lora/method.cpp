@@ -24,7 +24,8 @@ class Lora final : public LoraFamilyMethod<LoraConfig> {
       if (!init.is_bool() && !is_supported_init(init.method())) {
         throw ConfigError("init_lora_weights='" + init.method() +
                           "' is not supported by peft-cpp (supported: true, false, \"gaussian\", \"orthogonal\", "
-                          "\"pissa\", \"olora\", \"eva\", \"lora_ga\")");
+                          "\"pissa\", \"pissa_niter_<n>\", \"olora\", \"mica\", \"eva\", \"lora_ga\"; \"corda\" and \"loftq\" need "
+                          "data peft-cpp does not have: initialise in Python and load the adapter)");
       }
     });
     field(PEFT_FIELD(rank_pattern)).check(positive_values());

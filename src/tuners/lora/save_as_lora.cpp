@@ -42,13 +42,11 @@ StateDict subtract_mutated_init(const StateDict& trained, const StateDict& initi
                            "' for the trained adapter's '" + item.key() + "'");
     }
     const at::Tensor& now = item.value();
-    const int64_t dim = is_a ? 0 : 1;
-    bool fits = now.dim() == start->dim() && now.dim() >= 2;
-    for (int64_t d = 0; fits && d < now.dim(); ++d) fits = d == dim || now.size(d) == start->size(d);
-    if (!fits) {
+    // Python would stack tensors of other ranks too and write an adapter whose config (2r) does not fit them.
+    if (now.sizes() != start->sizes()) {
       throw StateDictError("subtract_mutated_init: '" + item.key() + "' has shape " + c10::str(now.sizes()) +
-                           " but the initial adapter's has " + c10::str(start->sizes()) + "; they do not stack along dim " +
-                           std::to_string(dim));
+                           " but the initial adapter's has " + c10::str(start->sizes()) +
+                           "; the initial adapter must be this adapter as it was right after injection");
     }
     const at::Tensor initial_part = start->to(now.options());
     converted.insert(item.key(), is_a ? at::cat({now, initial_part}, 0) : at::cat({now, initial_part.neg()}, 1));

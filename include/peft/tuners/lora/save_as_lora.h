@@ -19,7 +19,8 @@ namespace peft {
 /// Python's LoraModel.subtract_mutated_init: for every lora_A key of `trained` (get_peft_model_state_dict keys, with
 /// or without "base_model.model."), cat([A, A0], dim 0); for every lora_B key, cat([B, -B0], dim 1), A0/B0 being
 /// `initial`'s tensor of that key. Other keys are left out, as in Python (DoRA magnitudes, biases, embedding LoRA).
-/// A key missing from `initial` or shapes that do not stack throw peft::StateDictError naming the key.
+/// A key missing from `initial` or a tensor of another shape (Python would stack those too, into an adapter whose rank
+/// does not fit its config) throws peft::StateDictError naming the key.
 PEFT_API StateDict subtract_mutated_init(const StateDict& trained, const StateDict& initial);
 
 /// Python's PeftModel.save_pretrained(directory, path_initial_model_for_weight_conversion=initial_directory) for a
