@@ -7,7 +7,7 @@
 #include <peft/peft.h>
 
 #include "support/errors.h"
-#include "support/layers.h"
+#include "support/small_mlp.h"
 #include "support/vectors.h"
 
 namespace peft_test {
@@ -17,27 +17,7 @@ namespace fs = std::filesystem;
 
 fs::path data_dir() { return cases_dir().parent_path() / "methods" / "lora_init"; }
 
-struct MlpImpl : torch::nn::Module {
-  nn::Linear lin0{10, 20}, lin1{20, 20}, lin2{20, 4};
-  MlpImpl() {
-    register_module("lin0", lin0);
-    register_module("lin1", lin1);
-    register_module("lin2", lin2);
-  }
-  at::Tensor forward(const at::Tensor& x) { return lin2(torch::relu(lin1(torch::relu(lin0(x))))); }
-};
-TORCH_MODULE(Mlp);
-
-Mlp base_model() {
-  Mlp model;
-  peft::StateDict weights;
-  for (const auto& item : peft::safetensors::load_file((data_dir() / "base.safetensors").string())) {
-    weights.insert(item.key(), item.value().clone());
-  }
-  peft::assign_tensors(*model, weights);
-  model->eval();
-  return model;
-}
+SmallMlp base_model() { return load_small_mlp(data_dir() / "base.safetensors"); }
 
 peft::LoraConfig config_for(const std::string& init) {
   auto config = peft::LoraConfig().r(4).lora_alpha(8).target_modules({"lin0", "lin1", "lin2"});
@@ -49,7 +29,7 @@ class LoraInit : public testing::TestWithParam<std::string> {};
 
 TEST_P(LoraInit, MatchesPythonFromTheSameSeed) {
   const peft::StateDict expected = peft::safetensors::load_file((data_dir() / (GetParam() + ".safetensors")).string());
-  Mlp model = base_model();
+  SmallMlp model = base_model();
   torch::manual_seed(7);
   peft::inject_adapter_in_model(config_for(GetParam()), model);
   const peft::StateDict adapter = peft::get_peft_model_state_dict(model);
@@ -82,7 +62,7 @@ INSTANTIATE_TEST_SUITE_P(Python, LoraInit,
 // MiCA trains only lora_A: lora_B stays frozen through activation, mark_only_adapters_as_trainable and
 // set_requires_grad, as Python's frozen_peft_weight_names keeps it.
 TEST(LoraInitMica, LoraBStaysFrozen) {
-  Mlp model = base_model();
+  SmallMlp model = base_model();
   peft::inject_adapter_in_model(config_for("mica"), model);
   const auto check = [&](const std::string& when) {
     for (const auto& item : model->named_parameters()) {
@@ -106,7 +86,7 @@ TEST(LoraInitMica, LoraBStaysFrozen) {
   ASSERT_EQ(static_cast<int64_t>(ours.size()), python.numel());
   for (size_t i = 0; i < ours.size(); ++i) EXPECT_EQ(ours[i], python[i].item<bool>()) << i;
 
-  Mlp too_wide = base_model();
+  SmallMlp too_wide = base_model();
   expect_error<peft::ConfigError>(
       [&] { peft::inject_adapter_in_model(config_for("mica").r(5).target_modules({"lin2"}), too_wide); },
       "MiCA requires `r` <= min(in_features, out_features) but got r=5");

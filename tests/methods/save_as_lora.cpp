@@ -12,7 +12,7 @@
 #include <peft/tuners/lora/save_as_lora.h>
 
 #include "support/errors.h"
-#include "support/layers.h"
+#include "support/small_mlp.h"
 #include "support/vectors.h"
 
 namespace peft_test {
@@ -22,27 +22,7 @@ namespace fs = std::filesystem;
 
 fs::path data_dir() { return cases_dir().parent_path() / "methods" / "save_as_lora"; }
 
-struct MlpImpl : torch::nn::Module {
-  nn::Linear lin0{10, 20}, lin1{20, 20}, lin2{20, 4};
-  MlpImpl() {
-    register_module("lin0", lin0);
-    register_module("lin1", lin1);
-    register_module("lin2", lin2);
-  }
-  at::Tensor forward(const at::Tensor& x) { return lin2(torch::relu(lin1(torch::relu(lin0(x))))); }
-};
-TORCH_MODULE(Mlp);
-
-Mlp base_model() {
-  Mlp model;
-  peft::StateDict weights;
-  for (const auto& item : peft::safetensors::load_file((data_dir() / "base.safetensors").string())) {
-    weights.insert(item.key(), item.value().clone());
-  }
-  peft::assign_tensors(*model, weights);
-  model->eval();
-  return model;
-}
+SmallMlp base_model() { return load_small_mlp(data_dir() / "base.safetensors"); }
 
 peft::LoraConfig case_config(const std::string& name) {
   if (name == "pissa") return peft::LoraConfig().r(4).lora_alpha(8).init_lora_weights("pissa").target_modules({"lin0", "lin1"});
@@ -80,7 +60,7 @@ class SaveAsLora : public testing::TestWithParam<std::string> {};
 
 TEST_P(SaveAsLora, MatchesPythonsConversion) {
   const fs::path dir = data_dir() / GetParam();
-  Mlp model = base_model();
+  SmallMlp model = base_model();
   peft::inject_adapter_in_model(case_config(GetParam()), model);
   peft::set_peft_model_state_dict(model, peft::safetensors::load_file((dir / "trained.safetensors").string()));
   torch::NoGradGuard no_grad;
@@ -115,7 +95,7 @@ TEST_P(SaveAsLora, MatchesPythonsConversion) {
   }
 
   // The converted adapter is a plain LoRA on the original weights.
-  Mlp fresh = base_model();
+  SmallMlp fresh = base_model();
   peft::load_adapter(fresh, (scratch / "converted").string());
   const at::Tensor converted = fresh->forward(input());
   EXPECT_LT(max_abs_diff(converted, output_of(dir / "output_converted.safetensors")), 1e-5);
@@ -130,19 +110,19 @@ TEST(SaveAsLoraErrors, RefusedBeforeAnyFileIsWritten) {
   const std::string initial_config = (scratch / "initial" / "adapter_config.json").string();
   const auto before = fs::last_write_time(initial_config);
 
-  Mlp rslora = base_model();
+  SmallMlp rslora = base_model();
   peft::inject_adapter_in_model(case_config("olora_rslora").rank_pattern({{"lin1", 2}}), rslora);
   expect_error<peft::ConfigError>(
       [&] { peft::save_adapter_as_lora(rslora, (scratch / "a").string(), (scratch / "initial").string()); },
       "at the same time as `use_rslora=True`");
 
-  Mlp model = base_model();
+  SmallMlp model = base_model();
   peft::inject_adapter_in_model(case_config("pissa"), model);
   expect_error<peft::FileFormatError>(
       [&] { peft::save_adapter_as_lora(model, (scratch / "b").string(), (scratch / "missing").string()); }, "missing");
   // An initial adapter of another shape (the patterns case has lin1 at rank 2 and lin2 too).
   fs::copy(data_dir() / "pissa_patterns" / "initial", scratch / "other_initial");
-  Mlp patterns = base_model();
+  SmallMlp patterns = base_model();
   peft::inject_adapter_in_model(case_config("pissa"), patterns);
   expect_error<peft::StateDictError>(
       [&] { peft::save_adapter_as_lora(patterns, (scratch / "c").string(), (scratch / "other_initial").string()); },
