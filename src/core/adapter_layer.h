@@ -148,11 +148,6 @@ class AdapterLayer {
   /// Whether the tensors of `container` stay frozen for `adapter` (Python's frozen_peft_weight_names).
   virtual bool frozen_container(const std::string& adapter, const std::string& container) const { return false; }
 
- private:
-  void mark_frozen(std::vector<AdapterTensor>& tensors, size_t first, const std::string& adapter,
-                   const std::string& container) const;
-
- public:
 
   /// Adapters whose deltas are in the base weight, in merge order.
   std::vector<std::string> merged_adapters() const;
@@ -203,6 +198,9 @@ class AdapterLayer {
 
  private:
   void set_trainable(torch::nn::Module& base, const std::vector<std::string>& trainable);
+  /// Marks tensors[first..] frozen when frozen_container(adapter, container).
+  void mark_frozen(std::vector<AdapterTensor>& tensors, size_t first, const std::string& adapter,
+                   const std::string& container) const;
 
   BaseLayer base_;
   std::string module_name_;
