@@ -80,9 +80,10 @@ PEFT_API void unload(torch::jit::Module& model);
 PEFT_API std::vector<std::string> adapter_names(const torch::jit::Module& model);
 PEFT_API std::vector<std::string> active_adapters(const torch::jit::Module& model);
 PEFT_API std::vector<std::string> targeted_module_names(const torch::jit::Module& model);
-PEFT_API StateDict get_peft_model_state_dict(const torch::jit::Module& model, const std::string& adapter_name = "default");
+PEFT_API StateDict get_peft_model_state_dict(const torch::jit::Module& model, const std::string& adapter_name = "default",
+                                             const PeftStateDictOptions& options = {});
 PEFT_API void save_adapter(const torch::jit::Module& model, const std::string& directory,
-                           const std::string& adapter_name = "default");
+                           const std::string& adapter_name = "default", const PeftStateDictOptions& options = {});
 /// The adapter tensors that train (hand them to a torch::optim optimizer); a TorchScript forward in training mode
 /// runs the adapters' dropout as torch::nn models do.
 PEFT_API std::vector<at::Tensor> trainable_tensors(const torch::jit::Module& model);

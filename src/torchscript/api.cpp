@@ -106,12 +106,14 @@ std::vector<std::string> targeted_module_names(const torch::jit::Module& model) 
   return targeted_module_names(*read_view(model));
 }
 
-StateDict get_peft_model_state_dict(const torch::jit::Module& model, const std::string& adapter_name) {
-  return get_peft_model_state_dict(*read_view(model), adapter_name);
+StateDict get_peft_model_state_dict(const torch::jit::Module& model, const std::string& adapter_name,
+                                    const PeftStateDictOptions& options) {
+  return get_peft_model_state_dict(*read_view(model), adapter_name, options);
 }
 
-void save_adapter(const torch::jit::Module& model, const std::string& directory, const std::string& adapter_name) {
-  save_adapter(*read_view(model), directory, adapter_name);
+void save_adapter(const torch::jit::Module& model, const std::string& directory, const std::string& adapter_name,
+                  const PeftStateDictOptions& options) {
+  save_adapter(*read_view(model), directory, adapter_name, options);
 }
 
 std::vector<at::Tensor> trainable_tensors(const torch::jit::Module& model) { return trainable_tensors(*read_view(model)); }
