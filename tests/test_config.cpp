@@ -181,11 +181,12 @@ TEST(ConfigFile, UnknownFieldsWarnOnceNamingThem) {
 TEST(ConfigFile, RejectsWhatCannotBeHonoured) {
   const char* cases[][2] = {
       {R"({"peft_type": "LORA", "use_qalora": true})", "use_qalora"},
-      {R"({"peft_type": "LORA", "alora_invocation_tokens": [1, 2]})", "alora_invocation_tokens"},
+      {R"({"peft_type": "LORA", "alora_invocation_tokens": 3})", "alora_invocation_tokens"},
       {R"({"peft_type": "LORA", "layer_replication": [[0, 2]]})", "layer_replication"},
       {R"({"peft_type": "LORA", "init_lora_weights": "loftq"})", "loftq"},
       {R"({"peft_type": "LORA", "target_parameters": ["w"]})", "target_parameters"},
-      {R"({"peft_type": "LORA", "trainable_token_indices": [1]})", "trainable_token_indices"},
+      {R"({"peft_type": "LORA", "trainable_token_indices": "embed_tokens"})", "trainable_token_indices"},
+      {R"({"peft_type": "LORA", "trainable_token_indices": {"embed_tokens": [-1]}})", "trainable_token_indices"},
       {R"({"peft_type": "LORA", "r": "eight"})", "'r'"},
       {R"({"peft_type": "LORA", "target_modules": 3})", "target_modules"},
       {R"({"peft_type": "LORA", "rank_pattern": {"a": 1.5}})", "rank_pattern"},

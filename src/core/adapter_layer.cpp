@@ -178,6 +178,12 @@ const SampleRouting* AdapterLayer::sample_routing() const {
 std::vector<AdapterTensor> AdapterLayer::adapter_tensors(const torch::nn::Module& base,
                                                          const std::string& adapter) const {
   std::vector<AdapterTensor> out;
+  if (tensors_held_elsewhere(adapter)) return out;
+  const std::string submodule = checkpoint_submodule(adapter);
+  auto checkpoint_key = [&](std::string key) {
+    key = this->checkpoint_key(std::move(key));
+    return submodule.empty() ? key : submodule + "." + key;
+  };
   const ChildMap& children = children_of(base);
   for (const std::string& container_name : checkpoint_container_names()) {
     const auto* container = children.find(container_name);

@@ -143,7 +143,8 @@ class AdapterLayer {
   void set_disabled(torch::nn::Module& base, bool disabled);
   bool disabled() const;
 
-  /// Every tensor of `adapter` on this layer; `base` is the adapted layer.
+  /// Every tensor of `adapter` on this layer; `base` is the adapted layer. None where another layer holds them
+  /// (tensors_held_elsewhere).
   std::vector<AdapterTensor> adapter_tensors(const torch::nn::Module& base, const std::string& adapter) const;
   /// Whether the tensors of `container` stay frozen for `adapter` (Python's frozen_peft_weight_names).
   virtual bool frozen_container(const std::string& adapter, const std::string& container) const { return false; }
@@ -185,6 +186,13 @@ class AdapterLayer {
   void publish();
   /// Maps a key derived from the registries ("lora_magnitude_vector.weight") to the checkpoint key.
   virtual std::string checkpoint_key(std::string key) const { return key; }
+  /// The sub-module under which checkpoints keep `adapter`'s tensors of this layer ("token_adapter" for the trainable
+  /// tokens LoRA's trainable_token_indices brings along, as Python's TrainableTokensWrapper), or "". Called with
+  /// mutex_ held or from a structural change (records_ may be read directly).
+  virtual std::string checkpoint_submodule(const std::string& adapter) const { return {}; }
+  /// Whether `adapter`'s tensors here are another layer's, which trains and saves them (a tied TrainableTokensWrapper:
+  /// Python saves nothing for it). Called like checkpoint_submodule.
+  virtual bool tensors_held_elsewhere(const std::string& adapter) const { return false; }
   /// The per-sample adapters of the calling thread, if they apply to this layer.
   const SampleRouting* sample_routing() const;
 

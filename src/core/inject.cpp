@@ -348,6 +348,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     pending.push_back(builder->prepare(request));
     pending_names.push_back(checkpoint_name(model, modules, request.module_name));
   }
+  std::unordered_map<std::string, const PendingChange*> saved_copies;
   if (const auto& modules_to_save = config->modules_to_save()) {
     for (const Candidate& c : modules) {
       if (!matches_modules_to_save(*modules_to_save, c.name)) continue;
@@ -368,8 +369,22 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
                                     "Conv1d/2d/3d or LayerNorm layers in `modules_to_save`");
       }
       pending.push_back(prepare_modules_to_save(*base, c.name, adapter_name, shared_config, adapter_layer_of(*c.module)));
+      pending_names.push_back(c.name);
+      saved_copies[c.name] = pending.back().get();
       if (needs_routing(*c.module, base->kind)) routed_kinds.insert(base->kind);
     }
+  }
+  // What the adapter brings along beyond targets and copies (LoRA's trainable tokens, tied copies).
+  AuxiliaryRequest aux_request{named_modules, requests, shared_config, adapter_name, low_cpu_mem_usage,
+                               [&](const std::string& name) -> std::shared_ptr<torch::nn::Module> {
+                                 auto it = saved_copies.find(name);
+                                 return it == saved_copies.end() ? nullptr : prepared_copy(*it->second);
+                               }};
+  for (AuxiliaryChange& aux : builder->prepare_auxiliary(aux_request)) {
+    check_forward_is_called(model, modules, aux.module_name, {});
+    if (needs_routing(*aux.module, aux.kind)) routed_kinds.insert(aux.kind);
+    pending.push_back(std::move(aux.change));
+    pending_names.push_back(aux.checkpoint_name);
   }
   if (weights) check_state_dict_shapes(*weights, pending_names, pending, *config, *method);
   for (LayerKind kind : routed_kinds) check_routing(kind);

@@ -38,6 +38,27 @@ struct LayerRequest {
   bool low_cpu_mem_usage = false;
 };
 
+/// What an injection adapts, for the changes it makes beside its targets (AdapterBuilder::prepare_auxiliary).
+struct AuxiliaryRequest {
+  const std::vector<std::pair<std::string, torch::nn::Module*>>& modules;  // every module of the model, named
+  const std::vector<LayerRequest>& targets;                              // the layers the injection adapts
+  std::shared_ptr<const PeftConfig> config;
+  std::string adapter_name;
+  bool low_cpu_mem_usage = false;
+  /// The modules_to_save copy this injection prepared for a layer (by name), or nullptr.
+  std::function<std::shared_ptr<torch::nn::Module>(const std::string&)> saved_copy;
+};
+
+/// A change an injection makes to a layer it does not adapt with its method, for the same adapter (LoRA's
+/// trainable_token_indices: trainable tokens on embedding layers). Committed with the rest.
+struct AuxiliaryChange {
+  std::unique_ptr<PendingChange> change;
+  std::string module_name;      // the layer in the model
+  std::string checkpoint_name;  // where checkpoints keep its tensors (checked against a given state dict)
+  torch::nn::Module* module = nullptr;
+  LayerKind kind = LayerKind::Linear;
+};
+
 /// Builds one injection's adapter, layer by layer, without changing the model; holds what is worth
 /// computing once per injection (compiled rank patterns, ...).
 class AdapterBuilder {
@@ -57,6 +78,9 @@ class AdapterBuilder {
   /// The change that adds the adapter to one layer. Throws ConfigError for values that do not fit the layer
   /// (the layer kind itself was checked against Method::layer_kinds()).
   virtual std::unique_ptr<PendingChange> prepare(const LayerRequest& request) = 0;
+  /// Changes to other layers the adapter brings along (Python PEFT's set_additional_trainable_modules, beyond
+  /// modules_to_save), prepared after every target; throws, changing nothing, where they cannot be made.
+  virtual std::vector<AuxiliaryChange> prepare_auxiliary(const AuxiliaryRequest& request) { return {}; }
 };
 
 class Method {
@@ -108,6 +132,9 @@ class Method {
   /// Checks a new adapter's config against the adapters already in the model.
   virtual void check_new_adapter(const PeftConfig& config,
                                  const std::vector<std::shared_ptr<const PeftConfig>>& existing) const {}
+  /// Whether the adapter trains tokens (TrainableTokens; LoRA with trainable_token_indices): Python then saves
+  /// no targeted embedding whole under save_embedding_layers "auto".
+  virtual bool uses_trainable_tokens(const PeftConfig& config) const { return false; }
   /// Final touches to an adapter's checkpoint state dict (AdaLoRA keeps only the allocated ranks).
   virtual void adjust_checkpoint(const PeftConfig& config, StateDict& state_dict) const {}
   /// The inverse, before a checkpoint is matched to the adapter's tensors: VB-LoRA's save_only_topk_weights files

@@ -208,8 +208,7 @@ void add_embedding_layers(const torch::nn::Module& model, const PeftConfig& conf
       if (std::find(targets.names().begin(), targets.names().end(), e) != targets.names().end()) embedding_is_targeted = true;
     }
   }
-  // LoRA's trainable_token_indices is refused by peft-cpp, so only the method itself counts here.
-  const bool using_trainable_tokens = config.peft_type() == "TRAINABLE_TOKENS";
+  const bool using_trainable_tokens = detail::require_method(config.peft_type()).uses_trainable_tokens(config);
 
   bool save = options.save_embedding_layers == SaveEmbeddingLayers::On;
   if (options.save_embedding_layers == SaveEmbeddingLayers::Auto && embedding_is_targeted && !using_trainable_tokens) {

@@ -1,10 +1,12 @@
 #include <peft/offline_merge.h>
 
+#include <cmath>
 #include <map>
 #include <set>
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/equal.h>
+#include <ATen/ops/matmul.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/normalization.h>
@@ -13,11 +15,13 @@
 #include <peft/inject.h>
 #include <peft/layers.h>
 #include <peft/lifecycle.h>
+#include <peft/tuners/lora/config.h>
 
 #include "core/checkpoint_keys.h"
 #include "core/json_config.h"
 #include "core/module_access.h"
 #include "core/tensor_slots.h"
+#include "core/matching.h"
 #include "core/method.h"
 
 namespace peft {
@@ -96,6 +100,45 @@ std::shared_ptr<torch::nn::Module> stand_in(const std::string& module, const at:
   return layer;
 }
 
+// LoRA on a MultiheadAttention (Python's lora.MultiheadAttention), merged as Python's merge_and_unload does:
+// in_proj_weight += s B A for the attention's own adapter, out_proj.weight += 2 s B A for its out_proj's (Python 0.20
+// adds that delta twice; see tuners/lora/layer.h). The attention has no stand-in layer: the deltas are computed here.
+void merge_attention_lora(const PeftConfig& config, const std::string& module, const StateDict& tensors,
+                          const StateDict& base, bool is_out_proj, double scale, OfflineMergeResult& result) {
+  const auto* lora = dynamic_cast<const LoraConfig*>(&config);
+  if (!lora) {
+    throw MergeError("'" + module + "' belongs to a MultiheadAttention, which only LoRA adapts; this adapter is " +
+                     config.peft_type() + ".");
+  }
+  if (lora->use_dora()) throw MergeError("'" + module + "': DoRA on a MultiheadAttention is not supported (nor in Python).");
+  static const std::string out_proj = ".base_layer.out_proj";
+  const std::string attention = is_out_proj ? module.substr(0, module.size() - out_proj.size()) : module;
+  const std::string weight_key = is_out_proj ? attention + ".out_proj.weight" : attention + ".in_proj_weight";
+  const at::Tensor* weight = base.find(weight_key);
+  if (!weight) {
+    result.modules_not_in_base.push_back(module);
+    return;
+  }
+  const at::Tensor* A = tensors.find(module + ".lora_A.weight");
+  const at::Tensor* B = tensors.find(module + ".lora_B.weight");
+  if (!A || !B || tensors.size() != 2) {
+    throw StateDictError("The adapter's tensors for the MultiheadAttention part '" + module + "' are not one LoRA pair "
+                         "(lora_A.weight, lora_B.weight).");
+  }
+  // The out_proj takes its attention's rank and alpha, as in Python.
+  const int64_t r = detail::PatternLookup<int64_t>(lora->rank_pattern(), "rank_pattern").lookup(attention, lora->r());
+  const double alpha = detail::PatternLookup<double>(lora->alpha_pattern(), "alpha_pattern").lookup(attention, lora->lora_alpha());
+  if (A->dim() != 2 || B->dim() != 2 || A->size(0) != r || B->size(1) != r || A->size(1) != weight->size(1) ||
+      B->size(0) != weight->size(0)) {
+    throw StateDictError("The adapter's '" + module + "' LoRA pair has shapes " + c10::str(A->sizes()) + " and " +
+                         c10::str(B->sizes()) + ", which do not fit rank " + std::to_string(r) + " and '" + weight_key +
+                         "' of shape " + c10::str(weight->sizes()) + ".");
+  }
+  const double scaling = lora->use_rslora() ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+  const at::Tensor delta = at::matmul(*B, *A) * (scaling * (is_out_proj ? 2.0 : 1.0) * scale);
+  result.tensors.insert(weight_key, (weight->to(at::kFloat) + delta).to(weight->scalar_type()));
+}
+
 // Registers `layer` at dotted `path` under `root`, creating plain intermediate modules.
 void place(torch::nn::Module& root, const std::string& path, std::shared_ptr<torch::nn::Module> layer) {
   torch::nn::Module* parent = &root;
@@ -118,6 +161,14 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   if (const std::string refusal = method.injection_refusal(); !refusal.empty()) {
     throw MergeError(config.peft_type() + " adapters cannot be merged into weights (Python PEFT cannot either). " +
                      refusal);
+  }
+  if (config.peft_type() != "TRAINABLE_TOKENS" && method.uses_trainable_tokens(config)) {
+    throw MergeError("This " + config.peft_type() + " adapter trains tokens too (trainable_token_indices), whose rows "
+                     "an offline merge does not write yet: merge it on the model (load_adapter, then merge_and_unload).");
+  }
+  if (const detail::ConfigField* tying = method.field("ensure_weight_tying"); tying && tying->value(config) == true) {
+    throw MergeError("This adapter ties layers to the input embedding (ensure_weight_tying), which share one weight in "
+                     "the model but not in a weights file: merge it on the model (load_adapter, then merge_and_unload).");
   }
   OfflineMergeResult result;
 
@@ -163,11 +214,11 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   for (const auto& [module, tensors] : per_module) {
     const at::Tensor* weight = base.find(module + ".weight");
     static const std::string out_proj = ".base_layer.out_proj";
-    if (!weight && (base.find(module + ".in_proj_weight") ||
-                    (module.size() > out_proj.size() &&
-                     module.compare(module.size() - out_proj.size(), out_proj.size(), out_proj) == 0))) {
-      throw MergeError("'" + module + "' belongs to a MultiheadAttention, whose adapters are not merged offline yet: "
-                       "load the adapter on the model (load_adapter), merge_and_unload, and save the model's weights.");
+    const bool is_out_proj = module.size() > out_proj.size() &&
+                             module.compare(module.size() - out_proj.size(), out_proj.size(), out_proj) == 0;
+    if (!weight && (base.find(module + ".in_proj_weight") || is_out_proj)) {
+      merge_attention_lora(config, module, tensors, base, is_out_proj, scale, result);
+      continue;
     }
     if (!weight) {
       result.modules_not_in_base.push_back(module);

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include <peft/offline_merge.h>
 #include <peft/peft.h>
 
 #include "support/errors.h"
@@ -239,13 +240,30 @@ TEST(LoraAttention, DecoderLayerAttentionsBothTrain) {
   EXPECT_EQ(adapter_tensors, 8);  // A and B on each attention's in_proj and out_proj
 }
 
-TEST(LoraAttention, OfflineMergeRefusesAttentionAdapters) {
-  const peft::StateDict adapter =
-      peft::safetensors::load_file((data_dir("encoder") / "adapter_model.safetensors").string());
-  const auto config = peft::load_config((data_dir("encoder") / "adapter_config.json").string());
-  const peft::StateDict base = peft::safetensors::load_file((data_dir("encoder") / "base.safetensors").string());
-  expect_error<peft::MergeError>([&] { peft::merge_into_weights(*config, adapter, base); },
-                                 "belongs to a MultiheadAttention");
+// peft-cpp merge's path: the attention deltas computed from the files alone give Python's merged weights (in_proj and
+// out_proj of the attention, and the encoder's Linear layers), in every build.
+TEST(LoraAttention, OfflineMergeGivesPythonsMergedWeights) {
+  for (const std::string name : {"encoder", "attention"}) {
+    const peft::StateDict adapter = peft::safetensors::load_file((data_dir(name) / "adapter_model.safetensors").string());
+    const auto config = peft::load_config((data_dir(name) / "adapter_config.json").string());
+    const peft::StateDict base = peft::safetensors::load_file((data_dir(name) / "base.safetensors").string());
+    const peft::StateDict want = expected(name);
+    const peft::OfflineMergeResult merged = peft::merge_into_weights(*config, adapter, base);
+    EXPECT_TRUE(merged.modules_not_in_base.empty()) << name;
+    int changed = 0;
+    for (const auto& item : base) {
+      const at::Tensor* python = want.find("merged." + item.key());
+      ASSERT_NE(python, nullptr) << name << ": " << item.key();
+      const at::Tensor* ours = merged.tensors.find(item.key());
+      if (!ours) {
+        EXPECT_LT(max_abs_diff(item.value(), *python), 1e-6) << name << ": " << item.key() << " should have changed";
+        continue;
+      }
+      EXPECT_LT(max_abs_diff(*ours, *python), 1e-5) << name << ": " << item.key();
+      ++changed;
+    }
+    EXPECT_GE(changed, 2) << name << ": in_proj_weight and out_proj.weight at least";
+  }
 }
 
 TEST(LoraAttention, WhatIsRefused) {

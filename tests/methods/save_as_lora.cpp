@@ -14,6 +14,7 @@
 #include "support/errors.h"
 #include "support/small_mlp.h"
 #include "support/vectors.h"
+#include "support/scratch.h"
 
 namespace peft_test {
 namespace {
@@ -43,18 +44,6 @@ at::Tensor input() { return peft::safetensors::load_file((data_dir() / "input.sa
 
 nlohmann::json json_of(const fs::path& file) { return nlohmann::json::parse(std::ifstream(file)); }
 
-class Scratch {
- public:
-  explicit Scratch(const std::string& name) : dir_(fs::temp_directory_path() / ("peft_save_as_lora_" + name)) {
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  ~Scratch() { fs::remove_all(dir_); }
-  fs::path operator/(const std::string& name) const { return dir_ / name; }
-
- private:
-  fs::path dir_;
-};
 
 class SaveAsLora : public testing::TestWithParam<std::string> {};
 
@@ -67,7 +56,7 @@ TEST_P(SaveAsLora, MatchesPythonsConversion) {
   const at::Tensor trained = model->forward(input());
   EXPECT_LT(max_abs_diff(trained, output_of(dir / "output_trained.safetensors")), 1e-5) << "the trained PiSSA model";
 
-  Scratch scratch(GetParam());
+  Scratch scratch("save_as_lora_" + std::string(GetParam()));
   // Python rewrites the initial adapter's config: work on a copy of it.
   fs::copy(dir / "initial", scratch / "initial");
   fs::remove(scratch / "initial" / "adapter_config.json");
@@ -105,7 +94,7 @@ TEST_P(SaveAsLora, MatchesPythonsConversion) {
 INSTANTIATE_TEST_SUITE_P(Python, SaveAsLora, testing::Values("pissa", "olora_rslora", "pissa_patterns"));
 
 TEST(SaveAsLoraErrors, RefusedBeforeAnyFileIsWritten) {
-  Scratch scratch("errors");
+  Scratch scratch("save_as_lora_errors");
   fs::copy(data_dir() / "pissa" / "initial", scratch / "initial");
   const std::string initial_config = (scratch / "initial" / "adapter_config.json").string();
   const auto before = fs::last_write_time(initial_config);

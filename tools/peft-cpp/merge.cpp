@@ -50,18 +50,18 @@ PlannedAdapter plan(const fs::path& dir, double scale, const BaseCheckpoint& bas
   }
   std::vector<std::string> missing;
   for (const auto& module : modules) {
+    // A MultiheadAttention's adapters change its in_proj_weight and (Python's "<attention>.base_layer.out_proj")
+    // its out_proj.weight.
     static const std::string out_proj = ".base_layer.out_proj";
     const bool attention_out_proj =
         module.size() > out_proj.size() && module.compare(module.size() - out_proj.size(), out_proj.size(), out_proj) == 0;
-    if (attention_out_proj || base.shard_of.count(module + ".in_proj_weight")) {
-      const std::string attention = attention_out_proj ? module.substr(0, module.size() - out_proj.size()) : module;
-      throw UserError("adapter " + dir.string() + " adapts the MultiheadAttention '" + attention + "', which peft-cpp "
-                      "merge does not merge yet: load the adapter on the model (peft::load_adapter), merge_and_unload, "
-                      "and save the model's weights");
-    }
-    auto it = base.shard_of.find(module + ".weight");
+    const std::string weight_key =
+        attention_out_proj ? module.substr(0, module.size() - out_proj.size()) + ".out_proj.weight"
+        : base.shard_of.count(module + ".in_proj_weight") ? module + ".in_proj_weight"
+                                                          : module + ".weight";
+    auto it = base.shard_of.find(weight_key);
     if (it == base.shard_of.end()) {
-      missing.push_back(module + ".weight");
+      missing.push_back(weight_key);
       continue;
     }
     p.shard_of_module[module] = it->second;

@@ -18,10 +18,15 @@
 #include "core/tensor_slots.h"
 #include "tuners/common/layer_checks.h"
 #include "tuners/common/pending_adapter.h"
+#include "tuners/lora/bdlora.h"
+#include "tuners/lora/arrow.h"
+#include "tuners/lora/alora.h"
 #include "tuners/lora/builder.h"
 #include "tuners/lora/dora.h"
 #include "tuners/lora/init.h"
 #include "tuners/lora/layer.h"
+#include "tuners/lora/weight_tying.h"
+#include "tuners/trainable_tokens/wrapper.h"
 
 namespace peft::detail::lora {
 namespace {
@@ -117,16 +122,41 @@ class LoraBuilder final : public BuilderOf<LoraConfig> {
 
   std::unique_ptr<PendingChange> prepare(const LayerRequest& request) override;
 
+  // ensure_weight_tying with a saved embedding: the tied layers' copies use its copy's weight. Then
+  // trainable_token_indices: trainable tokens on embedding layers, saved with this adapter.
+  std::vector<AuxiliaryChange> prepare_auxiliary(const AuxiliaryRequest& request) override {
+    TORCH_INTERNAL_ASSERT(awaiting_embedding_.empty(), "ensure_weight_tying: the embedding '", tying_.embedding,
+                          "' was not adapted");
+    std::vector<AuxiliaryChange> out = tied_copies(request, tying_);
+    if (!config_.trainable_token_indices()) return out;
+    trainable_tokens::WrapperRequest wrappers;
+    if (const auto* list = std::get_if<std::vector<int64_t>>(&*config_.trainable_token_indices())) {
+      wrappers.layers["embed_tokens"] = *list;  // Python's default name of the input embedding
+      wrappers.from_list = true;
+    } else {
+      wrappers.layers = std::get<std::map<std::string, std::vector<int64_t>>>(*config_.trainable_token_indices());
+    }
+    wrappers.ensure_weight_tying = config_.ensure_weight_tying();
+    wrappers.modules_to_save = config_.modules_to_save();
+    for (AuxiliaryChange& change : trainable_tokens::prepare_token_wrappers(request, wrappers)) {
+      out.push_back(std::move(change));
+    }
+    return out;
+  }
+
   // A MultiheadAttention's out_proj gets its own LoRA (Python's lora.MultiheadAttention wraps it in a lora.Linear):
   // its forward is never called, so the attention's forward adds its delta to out_proj's weight.
   std::vector<std::string> tied_layers(const std::vector<LayerRequest>& targets,
-                                       const std::vector<std::pair<std::string, torch::nn::Module*>>&) override {
+                                       const std::vector<std::pair<std::string, torch::nn::Module*>>& layers) override {
     std::vector<std::string> out;
     for (const LayerRequest& target : targets) {
       if (target.base.kind != LayerKind::MultiheadAttention) continue;
       out.push_back(target.module_name + ".out_proj");
       out_projs_[out.back()] = target.module_name;
     }
+    // ensure_weight_tying: the input embedding and the layers sharing its weight come along.
+    tying_ = plan_weight_tying(config_, targets, layers);
+    out.insert(out.end(), tying_.extra_targets.begin(), tying_.extra_targets.end());
     return out;
   }
 
@@ -134,6 +164,9 @@ class LoraBuilder final : public BuilderOf<LoraConfig> {
   PatternLookup<int64_t> ranks_;
   PatternLookup<double> alphas_;
   std::map<std::string, std::string> out_projs_;  // out_proj name -> its attention's name
+  TyingPlan tying_;
+  std::shared_ptr<const LoraAdapter> embedding_;  // the tied embedding's adapter, once prepared
+  std::vector<std::pair<std::shared_ptr<LoraAdapter>, std::string>> awaiting_embedding_;  // tied layers prepared before it
 };
 
 // What Python's lora.MultiheadAttention refuses, and what it would silently get wrong.
@@ -167,6 +200,12 @@ std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request)
   const double alpha = alphas_.lookup(rank_name, config_.lora_alpha());
   if (base.kind == LayerKind::MultiheadAttention) check_attention(config_, base, name);
   if (r <= 0) throw ConfigError("`r` should be a positive integer value but the value passed is " + std::to_string(r));
+  check_alora_layer(config_, base.kind, name);
+  if (config_.arrow_config() && base.kind != LayerKind::Linear && base.kind != LayerKind::LinearLike) {
+    throw ConfigError("Invalid or unsupported variant combination: ('arrow_config',) (Arrow routes Linear layers; '" +
+                      name + "' is a " + layer_kind_name(base.kind) + ")");
+  }
+  const BdLoraRole block_diagonal = config_.use_bdlora() ? bdlora_role(config_, base, name, r) : BdLoraRole{};
 
   align_fan_in_fan_out(base, config_.fan_in_fan_out());
   const bool lora_bias = config_.lora_bias();
@@ -197,6 +236,8 @@ std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request)
   adapter->use_dora = config_.use_dora();
   adapter->lora_bias = lora_bias;
   adapter->frozen_B = is_mica(config_.init_lora_weights());
+  adapter->alora = is_alora(config_);
+  if (config_.arrow_config()) adapter->arrow = std::make_shared<ArrowRouter>(*config_.arrow_config());
   adapter->dropout = config_.lora_dropout();
   if (adapter->dropout > 0) {
     auto dropout = std::make_shared<torch::nn::DropoutImpl>(torch::nn::DropoutOptions(adapter->dropout));
@@ -245,6 +286,21 @@ std::unique_ptr<PendingChange> LoraBuilder::prepare(const LayerRequest& request)
     pending->new_base_weight = initialise(config_.init_lora_weights(), base, r, adapter->scaling, real_A, real_B, {});
   } else if (!meta) {
     pending->new_base_weight = initialise(config_.init_lora_weights(), base, r, adapter->scaling, A, B, B_bias);
+  }
+  // BD-LoRA replaces one factor after the plain init (Python's variant init runs last, drawing after it).
+  if (block_diagonal.any()) make_block_diagonal(*adapter, block_diagonal, config_.use_bdlora()->nblocks(), base, options);
+  // ensure_weight_tying: a tied layer takes the embedding's factors, now or (prepared first) once the embedding is.
+  if (tying_.tied_targets.count(name)) {
+    if (embedding_) {
+      tie_to_embedding(*adapter, *embedding_, config_, name);
+    } else {
+      awaiting_embedding_.emplace_back(adapter, name);
+    }
+  }
+  if (base.kind == LayerKind::Embedding && !tying_.tied_targets.empty() && name == tying_.embedding) {
+    embedding_ = adapter;
+    for (const auto& [tied, tied_name] : awaiting_embedding_) tie_to_embedding(*tied, *embedding_, config_, tied_name);
+    awaiting_embedding_.clear();
   }
 
   if (adapter->use_dora) {

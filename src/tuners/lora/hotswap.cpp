@@ -108,7 +108,9 @@ void check_hotswap_configs_compatible(const PeftConfig& current, const PeftConfi
   }
   const auto a = nlohmann::json::parse(current.to_json_string());
   const auto b = nlohmann::json::parse(incoming.to_json_string());
-  for (const char* key : {"use_rslora", "lora_dropout", "alpha_pattern", "use_dora"}) {
+  // Python's CONFIG_KEYS_TO_CHECK, plus use_bdlora: which factor is block-diagonal (and in how many blocks) is part
+  // of the layer's math here, not of the swapped tensors.
+  for (const char* key : {"use_rslora", "lora_dropout", "alpha_pattern", "use_dora", "use_bdlora"}) {
     if (a[key] != b[key]) {
       throw ConfigError(std::string("Configs are incompatible: for ") + key + ", " + python_repr(a[key]) + " != " +
                         python_repr(b[key]));
@@ -131,6 +133,10 @@ void prepare_for_hotswap(ModuleRef model, int64_t target_rank) {
                         std::to_string(groups) + ".");
     }
     for (const std::string& name : ref.layer->adapter_names()) {
+      if (ref.layer->adapter(name)->block_diagonal()) {
+        throw ConfigError("prepare_for_hotswap: the BD-LoRA adapter '" + name + "' of '" + ref.name +
+                          "' cannot be padded: the blocks of its block-diagonal factor depend on the rank");
+      }
       const auto [A, B] = ref.layer->lora_weights(*ref.layer->adapter(name));
       if (A.size(0) > target_rank) {
         throw ConfigError("Trying to pad the adapter to the target rank " + std::to_string(target_rank) +

@@ -11,6 +11,9 @@
 #include <peft/error.h>
 
 #include "core/sample_routing.h"
+#include "tuners/lora/alora.h"
+#include "tuners/lora/bdlora.h"
+#include "tuners/lora/arrow.h"
 #include "tuners/lora/dora.h"
 #include "tuners/xlora/routing.h"
 
@@ -192,7 +195,19 @@ at::Tensor LoraLayer::forward_linear(torch::nn::Module& base, const at::Tensor& 
     const LoraAdapter* a = &lora(*record);
     const at::Tensor& A = a->linear_A->weight;
     const at::Tensor& B = a->linear_B->weight;
+    if (a->arrow) {  // Arrow routing: a per-token mix of the task adapters (arrow.cpp)
+      result = result + a->arrow->delta(*a, state, cast_to(x, A.scalar_type()), module_name());
+      continue;
+    }
+    if (a->alora) {  // Python's ALoraLinearVariant: dropout and update on the activated tokens only
+      result = alora_forward(*a, x, result, alora_offsets_for(*this), module_name());
+      continue;
+    }
     at::Tensor input = apply_dropout(*a, cast_to(x, A.scalar_type()));
+    if (a->block_diagonal()) {  // BD-LoRA (never with DoRA)
+      result = result + bdlora_branch(*a, input) * a->scaling;
+      continue;
+    }
     if (a->use_dora) {
       // Python's DoraLinearLayer.forward; with active dropout the base output is recomputed on dropped x.
       const bool recompute_base = a->dropout > 0 && base.is_training();
@@ -295,6 +310,7 @@ at::Tensor LoraLayer::lora_branch(torch::nn::Module& base, const LoraAdapter& a,
     }
     default: {
       const at::Tensor input = apply_dropout(a, cast_to(x, A.scalar_type()));
+      if (a.block_diagonal()) return bdlora_branch(a, input) * a.scaling;
       return at::linear(at::linear(input, A), B, a.lora_bias ? a.linear_B->bias : at::Tensor()) * a.scaling;
     }
   }
@@ -317,7 +333,14 @@ at::Tensor LoraLayer::forward_per_sample(torch::nn::Module& base, const at::Tens
     const LoraAdapter* a = find(name);
     if (!a) continue;  // "__base__", or an adapter this layer does not have
     const at::Tensor index = rows.device() == x.device() ? rows : rows.to(x.device());
-    const at::Tensor update = lora_branch(base, *a, x.index_select(0, index));
+    if (a->alora) {  // _mixed_batch_forward: the group's rows with their offsets
+      alora_forward_rows(*a, x, result, rows, index, alora_offsets_for(*this), module_name());
+      continue;
+    }
+    const at::Tensor sub = x.index_select(0, index);
+    const at::Tensor update = a->arrow ? a->arrow->delta(*a, state, cast_to(sub, a->linear_A->weight.scalar_type()),
+                                                         module_name())
+                                       : lora_branch(base, *a, sub);
     result.index_add_(0, index, cast_to(update, result.scalar_type()));
   }
   return result;

@@ -20,6 +20,7 @@
 namespace peft::detail::lora {
 
 class DoraMagnitudeImpl;
+class ArrowRouter;
 
 /// One adapter on one layer. Immutable once published: forward reads it without taking a lock (a change
 /// of scaling publishes a new record).
@@ -32,6 +33,12 @@ struct LoraAdapter : AdapterRecord {
   bool use_dora = false;
   bool lora_bias = false;
   bool frozen_B = false;  // MiCA: only A trains
+  bool alora = false;     // aLoRA: acts only from each row's invocation tokens on (alora.h)
+  std::shared_ptr<ArrowRouter> arrow;  // arrow_config set: this adapter routes over the task adapters (arrow.h)
+  // BD-LoRA: blocks of a block-diagonal lora_A / lora_B (0: a plain factor); see bdlora.h.
+  int64_t bd_blocks_A = 0;
+  int64_t bd_blocks_B = 0;
+  bool block_diagonal() const { return bd_blocks_A || bd_blocks_B; }
   double dropout = 0;
   std::shared_ptr<torch::nn::Module> A;  // Linear for linear layers, Conv for conv layers; unset for embeddings
   std::shared_ptr<torch::nn::Module> B;

@@ -11,6 +11,7 @@
 #include <peft/error.h>
 
 #include "core/tensor_slots.h"
+#include "tuners/lora/bdlora.h"
 #include "tuners/lora/dora.h"
 #include "tuners/lora/layer.h"
 
@@ -53,6 +54,9 @@ at::Tensor dora_factor(LayerKind kind, bool fan_in_fan_out, const at::Tensor& ma
 
 at::Tensor LoraLayer::delta_weight(const LoraAdapter& a) const {
   auto [A, B] = lora_weights(a);
+  // BD-LoRA: the block-diagonal factor as its full matrix (Python's _get_bdlora_delta_weight).
+  if (a.bd_blocks_A) A = block_diagonal_matrix(A, a.bd_blocks_A);
+  if (a.bd_blocks_B) B = block_diagonal_matrix(B, a.bd_blocks_B);
   const c10::ScalarType dtype = (kind() == LayerKind::Linear || kind() == LayerKind::LinearLike ? B : A).scalar_type();
   // Half precision matmuls are slow (or missing) on CPUs: compute in float32, as Python PEFT does.
   const bool upcast = B.device().is_cpu() && (dtype == at::kHalf || dtype == at::kBFloat16);
@@ -149,6 +153,12 @@ std::unique_ptr<PendingChange> LoraLayer::prepare_merge(torch::nn::Module& modul
     throw MergeError("Merging is not supported for _ConvNd layers with groups > 1!");
   }
   for (const auto& a : pending->adapters) {
+    // Arrow mixes experts per token: no single weight is its merge (Python's ArrowLinearVariant.merge_*).
+    if (a->arrow) throw MergeError("Cannot merge an active Arrow router adapter. Remove it first.");
+    if (a->alora) {  // Python's ALoraLinearVariant.merge_safe / merge_unsafe
+      throw MergeError(std::string(safe_merge ? "aLoRA does not support safe merging." : "aLoRA does not support merging.") +
+                       " (adapter '" + a->name + "' on '" + module_name() + "')");
+    }
     if (is_meta(a->A ? lora_weights(*a).first : embedding_A_->get(a->name))) {
       throw MergeError("Cannot merge adapter '" + a->name + "': its weights are on the meta device (load them first).");
     }

@@ -67,6 +67,14 @@ Plan plan(torch::nn::Module& model, const std::vector<std::string>& adapters, co
       throw ConfigError("add_weighted_adapter does not combine DoRA adapters ('" + adapter +
                         "'): their magnitude vectors have no weighted form.");
     }
+    if (config->trainable_token_indices() || config->alora_invocation_tokens() || config->arrow_config()) {
+      throw ConfigError("add_weighted_adapter does not combine '" + adapter + "': its trainable tokens, aLoRA "
+                        "invocation or Arrow routing have no weighted form.");
+    }
+    if (config->use_bdlora()) {
+      throw ConfigError("add_weighted_adapter does not combine BD-LoRA adapters ('" + adapter +
+                        "'): combining block-diagonal factors is not supported.");
+    }
     configs.push_back(*config);
   }
   for (const detail::AdaptedLayer& layer : detail::adapted_layers(model)) {

@@ -116,23 +116,35 @@ void ModulesToSaveLayer::prepare_unload(torch::nn::Module& base) {
   if (state->disabled || state->active.empty()) return;
   const torch::nn::Module& copy = *copy_record(*state->active.front()).copy;
   at::NoGradGuard no_grad;
+  // A bias-free Linear registers an undefined "bias": nothing to take over there.
   for (const auto& param : parameters_of(copy)) {
-    if (at::Tensor* slot = parameters_of(base).find(param.key())) slot->set_data(param.value());
+    at::Tensor* slot = parameters_of(base).find(param.key());
+    if (slot && slot->defined() && param.value().defined()) slot->set_data(param.value());
   }
   for (const auto& buffer : buffers_of(copy)) {
-    if (at::Tensor* slot = buffers_of(base).find(buffer.key())) slot->set_data(buffer.value());
+    at::Tensor* slot = buffers_of(base).find(buffer.key());
+    if (slot && slot->defined() && buffer.value().defined()) slot->set_data(buffer.value());
   }
 }
 
 std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, const std::string& module_name,
                                                        const std::string& adapter, std::shared_ptr<const PeftConfig> config,
-                                                       AdapterLayer* existing) {
+                                                       AdapterLayer* existing, const at::Tensor& tied_weight) {
   auto pending = std::make_unique<PendingCopy>();
   pending->copy = copy_layer(base);
   if (!pending->copy) {
     throw UnsupportedLayerError("modules_to_save: '" + module_name +
                                 "' is a custom layer; peft-cpp can keep trainable copies of torch::nn::Linear, "
                                 "Embedding, Conv1d/2d/3d and LayerNorm layers only");
+  }
+  if (tied_weight.defined()) {
+    // Python's tied copy is a bias-free Linear on the embedding copy's weight.
+    if (base.kind != LayerKind::Linear || base.bias().defined() || tied_weight.sizes() != base.weight().sizes()) {
+      throw UnsupportedLayerError("modules_to_save with ensure_weight_tying: '" + module_name + "' shares the input "
+                                  "embedding's weight but is not a bias-free Linear of its shape, which Python PEFT's "
+                                  "tied copy is.");
+    }
+    replace_tensor(*pending->copy, "weight", tied_weight);
   }
   if (existing) {
     if (existing->peft_type() != "MODULES_TO_SAVE") {
@@ -148,6 +160,11 @@ std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, co
   pending->adapter = adapter;
   pending->config = std::move(config);
   return pending;
+}
+
+std::shared_ptr<torch::nn::Module> prepared_copy(const PendingChange& change) {
+  const auto* copy = dynamic_cast<const PendingCopy*>(&change);
+  return copy ? copy->copy : nullptr;
 }
 
 }  // namespace peft::detail

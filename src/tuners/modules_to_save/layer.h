@@ -46,9 +46,13 @@ class ModulesToSaveLayer final : public AdapterLayer {
   torch::nn::ModuleDictImpl* copies_ = nullptr;  // the anchor, which owns this object
 };
 
-/// Prepares a copy of `base` for `adapter` (fails for layer types peft-cpp cannot copy).
+/// Prepares a copy of `base` for `adapter` (fails for layer types peft-cpp cannot copy). With `tied_weight`, the
+/// copy's weight is that tensor (LoRA's ensure_weight_tying: a tied lm_head's copy uses the embedding's copy).
 std::unique_ptr<PendingChange> prepare_modules_to_save(const BaseLayer& base, const std::string& module_name,
                                                        const std::string& adapter, std::shared_ptr<const PeftConfig> config,
-                                                       AdapterLayer* existing);
+                                                       AdapterLayer* existing, const at::Tensor& tied_weight = {});
+
+/// The copy a change from prepare_modules_to_save adds, or nullptr for any other change.
+std::shared_ptr<torch::nn::Module> prepared_copy(const PendingChange& change);
 
 }  // namespace peft::detail

@@ -124,6 +124,19 @@ void TrainableTokensLayer::add(std::shared_ptr<const Record> record, const at::T
   add_adapter(std::move(record), std::move(config));
 }
 
+bool TrainableTokensLayer::is_wrapper(const std::string& adapter) const {
+  auto it = records_.find(adapter);
+  return it != records_.end() && static_cast<const Record&>(*it->second).wrapper;
+}
+
+std::string TrainableTokensLayer::checkpoint_submodule(const std::string& adapter) const {
+  return is_wrapper(adapter) ? "token_adapter" : "";
+}
+
+bool TrainableTokensLayer::tensors_held_elsewhere(const std::string& adapter) const {
+  return tied() && is_wrapper(adapter);
+}
+
 void TrainableTokensLayer::remove_adapter(torch::nn::Module&, const std::string& name) {
   if (!tied()) {
     if (home_.container->contains(name)) home_.container->pop(name);
@@ -258,6 +271,7 @@ class PendingTokens final : public PendingChange {
   std::shared_ptr<const PeftConfig> config;
 
   std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_shapes() const override {
+    if (record->wrapper && !delta.defined()) return {};  // a tied wrapper: its owner's delta is the saved one
     return {{kDelta, shape}};
   }
 
@@ -335,6 +349,7 @@ std::unique_ptr<PendingChange> prepare_trainable_tokens(const LayerRequest& requ
   }
   auto record = std::make_shared<Record>(request.adapter_name);
   record->indices = rows.indices;
+  record->wrapper = rows.wrapper;
   record->index = at::tensor(rows.indices, at::kLong);
   const int64_t k = static_cast<int64_t>(rows.indices.size());
   if (!home.tied) {

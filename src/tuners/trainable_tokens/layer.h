@@ -37,6 +37,9 @@ struct DeltaHome {
 struct TokenRows {
   std::vector<int64_t> indices;
   bool init_weights = true;  // start from the current rows (a no-op) instead of random values
+  /// Brought along by another method's adapter (LoRA's trainable_token_indices): checkpoints keep the delta as
+  /// Python's TrainableTokensWrapper does, under "<layer>.token_adapter.", and nothing for a tied layer.
+  bool wrapper = false;
 };
 
 class TrainableTokensLayer final : public AdapterLayer {
@@ -45,6 +48,7 @@ class TrainableTokensLayer final : public AdapterLayer {
     using AdapterRecord::AdapterRecord;
     std::vector<int64_t> indices;
     at::Tensor index;  // the indices as an int64 tensor (CPU)
+    bool wrapper = false;  // TokenRows::wrapper
   };
 
   TrainableTokensLayer(const LayerRequest& request, const Method& method, DeltaHome home);
@@ -69,7 +73,13 @@ class TrainableTokensLayer final : public AdapterLayer {
                                                bool safe_merge) override;
   void unmerge(torch::nn::Module& base) override;
 
+ protected:
+  std::string checkpoint_submodule(const std::string& adapter) const override;
+  bool tensors_held_elsewhere(const std::string& adapter) const override;
+
  private:
+  /// Whether `adapter` came with another method's adapter (records_ read directly: see checkpoint_submodule).
+  bool is_wrapper(const std::string& adapter) const;
   friend class PendingTokensMerge;
 
   const at::Tensor& delta(const std::string& adapter) const;

@@ -28,6 +28,8 @@ class TrainableTokens final : public MethodOf<TrainableTokensConfig> {
   // get_input_embeddings (a LibTorch model has none).
   TargetModules default_target_modules() const override { return TargetModules::regex("embed_tokens"); }
 
+  bool uses_trainable_tokens(const PeftConfig&) const override { return true; }
+
   std::unique_ptr<AdapterBuilder> start(TrainableTokensConfig& config) const override {
     return make_builder(*this, config);
   }
