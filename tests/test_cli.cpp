@@ -258,6 +258,22 @@ TEST(Cli, MergesAttentionAdaptersAsPython) {
   EXPECT_EQ(checked, static_cast<int>(peft::safetensors::load_file((dir / "base.safetensors").string()).size()));
 }
 
+// LoRA with trainable_token_indices: inspect names the token layers (no "unknown key" warning); merge refuses with the
+// way to merge on the model instead of calling the deltas missing base tensors.
+TEST(Cli, TrainableTokensAreInspectedAndMergeIsRefused) {
+  const fs::path dir = cases_dir().parent_path() / "methods" / "lora_tokens" / "dict_untied";
+  CliRun r = run("inspect " + q(dir));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("tokens:      embed_tokens (2 rows) lm_head (3 rows)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
+  Scratch scratch;
+  r = run("merge --base " + q(dir.parent_path() / "base_untied.safetensors") + " --adapter " + q(dir) + " --out " +
+          q(scratch / "merged.safetensors"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("merge it on the model"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(scratch / "merged.safetensors"));
+}
+
 TEST(Cli, InspectWarnsAboutInconsistentShapes) {
   const VectorCase c = VectorCase::load("lora_mlp_basic");
   Scratch scratch;

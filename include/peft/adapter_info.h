@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <peft/config.h>
@@ -18,8 +19,13 @@ namespace peft {
 PEFT_API std::vector<std::string> adapted_module_names(const PeftConfig& config, const StateDict& adapter);
 
 /// The adapter's other tensors (modules_to_save copies, trained biases), by the base-model key each replaces
-/// ("lm_head.weight"; "lin0.base_layer.bias" -> "lin0.bias").
+/// ("lm_head.weight"; "lin0.base_layer.bias" -> "lin0.bias"). Trainable tokens are not among them.
 PEFT_API StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapter);
+
+/// The layers whose rows the adapter trains beside its method (LoRA's trainable_token_indices, saved as Python's
+/// "<layer>.token_adapter.trainable_tokens_delta"), with the number of rows each; sorted.
+PEFT_API std::vector<std::pair<std::string, int64_t>> trainable_token_layers(const PeftConfig& config,
+                                                                            const StateDict& adapter);
 
 /// One adapted module as the checkpoint and its config describe it.
 struct AdaptedModuleInfo {

@@ -20,6 +20,32 @@ std::vector<std::string> adapted_module_names(const PeftConfig& config, const St
   return {names.begin(), names.end()};
 }
 
+namespace {
+
+const std::string kTokenDelta = ".token_adapter.trainable_tokens_delta";
+
+// "<layer>" of a trainable-tokens key of an adapter whose method carries them along (not TRAINABLE_TOKENS itself,
+// whose keys are its own), or "".
+std::string token_layer_of(const detail::Method& method, const PeftConfig& config, const std::string& key) {
+  if (config.peft_type() == "TRAINABLE_TOKENS" || !method.uses_trainable_tokens(config)) return {};
+  if (key.size() <= kTokenDelta.size() || key.compare(key.size() - kTokenDelta.size(), kTokenDelta.size(), kTokenDelta) != 0) {
+    return {};
+  }
+  return key.substr(0, key.size() - kTokenDelta.size());
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, int64_t>> trainable_token_layers(const PeftConfig& config, const StateDict& adapter) {
+  const detail::Method& method = detail::require_method(config.peft_type());
+  std::set<std::pair<std::string, int64_t>> out;
+  for (const auto& item : adapter) {
+    const std::string layer = token_layer_of(method, config, detail::strip_save_prefix(item.key()));
+    if (!layer.empty()) out.emplace(layer, item.value().dim() > 0 ? item.value().size(0) : 0);
+  }
+  return {out.begin(), out.end()};
+}
+
 StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapter) {
   const detail::Method& method = detail::require_method(config.peft_type());
   const std::string& prefix = method.prefix();
@@ -27,6 +53,7 @@ StateDict replaced_base_tensors(const PeftConfig& config, const StateDict& adapt
   for (const auto& item : adapter) {
     if (method.shared_container_of_key(item.key())) continue;  // an adapter tensor, not a base one
     std::string key = detail::strip_save_prefix(item.key());
+    if (!token_layer_of(method, config, key).empty()) continue;  // trainable tokens: rows, not a whole tensor
     if (!detail::module_of_key(key, prefix).empty()) continue;
     const std::string wrapped = ".base_layer.";
     const auto pos = key.find(wrapped);

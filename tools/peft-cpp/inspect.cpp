@@ -132,6 +132,9 @@ void inspect(const InspectOptions& options, std::ostream& out) {
       if (last != "weight" && last != "bias") warnings.push_back("'" + key + "' matches no known adapter key pattern");
     }
     report["replaced_base_tensors"] = compress(others);
+    nlohmann::json tokens = nlohmann::json::object();
+    for (const auto& [layer, rows] : peft::trainable_token_layers(config, adapter.weights)) tokens[layer] = rows;
+    report["trainable_token_layers"] = tokens;
   }
   report["warnings"] = warnings;
 
@@ -164,6 +167,11 @@ void inspect(const InspectOptions& options, std::ostream& out) {
       if (!g["alpha"].is_null()) out << "alpha=" << g["alpha"] << " ";
       out << ":";
       for (const auto& m : g["modules"]) out << " " << m.get<std::string>();
+      out << "\n";
+    }
+    if (!report["trainable_token_layers"].empty()) {
+      out << "tokens:     ";
+      for (const auto& [layer, rows] : report["trainable_token_layers"].items()) out << " " << layer << " (" << rows << " rows)";
       out << "\n";
     }
     if (!report["replaced_base_tensors"].empty()) {
