@@ -18,14 +18,8 @@
 namespace peft::detail::lora {
 namespace {
 
-using trainable_tokens::same_weight;
-using trainable_tokens::used_weight;
-
-bool has_rows(const std::optional<BaseLayer>& layer) {
-  return layer && (layer->kind == LayerKind::Embedding || layer->kind == LayerKind::Linear);
-}
-
-std::string last_component(const std::string& name) { return name.substr(name.rfind('.') + 1); }
+using trainable_tokens::find_tied_group;
+using trainable_tokens::TiedGroup;
 
 // Python's re.match(rf"(^|.*\.){m}($|\..*)", key), with m the config's entry.
 bool entry_names(const std::string& entry, const std::string& key) {
@@ -42,31 +36,6 @@ std::string python_escape(const std::string& text) {
 }
 
 }  // namespace
-
-TiedGroup find_tied_group(const std::vector<std::pair<std::string, torch::nn::Module*>>& layers) {
-  std::vector<std::pair<const std::string*, at::Tensor>> embeddings, rows;
-  for (const auto& [name, module] : layers) {
-    const std::optional<BaseLayer> layer = describe_layer(*module);
-    if (!has_rows(layer)) continue;
-    rows.emplace_back(&name, used_weight(*layer));
-    if (layer->kind == LayerKind::Embedding) embeddings.emplace_back(&name, rows.back().second);
-  }
-  // Python's get_input_embeddings(): here the Embedding named "embed_tokens" (Python's default name), else the first
-  // Embedding whose weight another layer uses.
-  std::stable_sort(embeddings.begin(), embeddings.end(), [](const auto& a, const auto& b) {
-    return last_component(*a.first) == "embed_tokens" && last_component(*b.first) != "embed_tokens";
-  });
-  for (const auto& [name, weight] : embeddings) {
-    TiedGroup group;
-    for (const auto& [other, other_weight] : rows) {
-      if (other != name && same_weight(other_weight, weight)) group.tied.push_back(*other);
-    }
-    if (group.tied.empty()) continue;
-    group.embedding = *name;
-    return group;
-  }
-  return {};
-}
 
 TyingPlan plan_weight_tying(LoraConfig& config, const std::vector<LayerRequest>& targets,
                             const std::vector<std::pair<std::string, torch::nn::Module*>>& layers) {

@@ -17,13 +17,6 @@ namespace peft::detail::lora {
 
 struct LoraAdapter;
 
-/// The input embedding and the layers sharing its weight.
-struct TiedGroup {
-  std::string embedding;          // empty: no Embedding shares its weight
-  std::vector<std::string> tied;  // Linear/Embedding layers using the embedding's weight
-};
-TiedGroup find_tied_group(const std::vector<std::pair<std::string, torch::nn::Module*>>& layers);
-
 /// What ensure_weight_tying asks of one injection, decided (and the config rewritten as Python rewrites it) before
 /// anything is prepared.
 struct TyingPlan {

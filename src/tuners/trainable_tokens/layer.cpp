@@ -251,6 +251,30 @@ void TrainableTokensLayer::unmerge(torch::nn::Module&) {
   publish();
 }
 
+TiedGroup find_tied_group(const std::vector<std::pair<std::string, torch::nn::Module*>>& layers) {
+  auto last_component = [](const std::string& name) { return name.substr(name.rfind('.') + 1); };
+  std::vector<std::pair<const std::string*, at::Tensor>> embeddings, rows;
+  for (const auto& [name, module] : layers) {
+    const std::optional<BaseLayer> layer = describe_layer(*module);
+    if (!layer || (layer->kind != LayerKind::Embedding && layer->kind != LayerKind::Linear)) continue;
+    rows.emplace_back(&name, used_weight(*layer));
+    if (layer->kind == LayerKind::Embedding) embeddings.emplace_back(&name, rows.back().second);
+  }
+  std::stable_sort(embeddings.begin(), embeddings.end(), [&](const auto& a, const auto& b) {
+    return last_component(*a.first) == "embed_tokens" && last_component(*b.first) != "embed_tokens";
+  });
+  for (const auto& [name, weight] : embeddings) {
+    TiedGroup group;
+    for (const auto& [other, other_weight] : rows) {
+      if (other != name && same_weight(other_weight, weight)) group.tied.push_back(*other);
+    }
+    if (group.tied.empty()) continue;
+    group.embedding = *name;
+    return group;
+  }
+  return {};
+}
+
 DeltaHome own_deltas(const LayerRequest& request) {
   if (const auto* layer = dynamic_cast<const TrainableTokensLayer*>(request.existing)) {
     return DeltaHome{layer->home().container, false, ""};

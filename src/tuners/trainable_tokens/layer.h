@@ -99,6 +99,16 @@ at::Tensor used_weight(const BaseLayer& base);
 /// Whether two weights are one tensor (the same storage seen the same way).
 bool same_weight(const at::Tensor& a, const at::Tensor& b);
 
+/// The input embedding and the layers tied to it. Python asks the model (get_input_embeddings, tie_word_embeddings);
+/// a LibTorch model has neither, so the input embedding is the Embedding named "embed_tokens" (Python's default name),
+/// else the first Embedding whose weight another layer uses, and its tied layers are the Linear/Embedding layers using
+/// that same weight tensor.
+struct TiedGroup {
+  std::string embedding;          // empty: no Embedding shares its weight
+  std::vector<std::string> tied;
+};
+TiedGroup find_tied_group(const std::vector<std::pair<std::string, torch::nn::Module*>>& layers);
+
 /// The container an owner layer keeps its deltas in: the one it has, or a new one.
 DeltaHome own_deltas(const LayerRequest& request);
 

@@ -34,31 +34,10 @@ bool is_component_of(const std::string& name, const std::string& part) {
   return false;
 }
 
-std::string last_component(const std::string& name) { return name.substr(name.rfind('.') + 1); }
-
 std::string python_list(const std::vector<int64_t>& rows) {
   std::string out = "[";
   for (size_t i = 0; i < rows.size(); ++i) out += (i ? ", " : "") + std::to_string(rows[i]);
   return out + "]";
-}
-
-bool has_rows(const std::optional<BaseLayer>& layer) {
-  return layer && (layer->kind == LayerKind::Embedding || layer->kind == LayerKind::Linear);
-}
-
-// Python's model.get_input_embeddings(), which a LibTorch model lacks: the Embedding named "embed_tokens" (the name
-// Python falls back to), else the first Embedding among the wrapped layers.
-const NamedModule* input_embedding(const std::vector<NamedModule>& modules,
-                                   const std::vector<std::pair<const NamedModule*, const std::vector<int64_t>*>>& wrapped) {
-  for (const NamedModule& m : modules) {
-    const std::optional<BaseLayer> layer = describe_layer(*m.second);
-    if (layer && layer->kind == LayerKind::Embedding && last_component(m.first) == "embed_tokens") return &m;
-  }
-  for (const auto& [m, rows] : wrapped) {
-    const std::optional<BaseLayer> layer = describe_layer(*m->second);
-    if (layer && layer->kind == LayerKind::Embedding) return m;
-  }
-  return nullptr;
 }
 
 }  // namespace
@@ -92,28 +71,19 @@ std::vector<AuxiliaryChange> prepare_token_wrappers(const AuxiliaryRequest& requ
   }
 
   // Tying: the layers sharing the input embedding's weight.
-  const NamedModule* embedding = input_embedding(request.modules, wrapped);
-  std::vector<const NamedModule*> tied;
-  if (embedding) {
-    const at::Tensor weight = used_weight(*describe_layer(*embedding->second));
-    for (const NamedModule& m : request.modules) {
-      if (&m == embedding) continue;
-      const std::optional<BaseLayer> layer = describe_layer(*m.second);
-      if (has_rows(layer) && same_weight(used_weight(*layer), weight)) tied.push_back(&m);
-    }
-  }
-  const bool weights_tied = !tied.empty();
+  const TiedGroup group = find_tied_group(request.modules);
+  const bool weights_tied = !group.embedding.empty();
   bool mismatch = false;
   std::set<std::string> skipped;  // entries left to the tying below
   if (wrappers.layers.size() > 1 && weights_tied) {
     std::vector<std::string> tied_entries;
     for (const auto& [name, rows] : wrappers.layers) {
-      if (ends_with(embedding->first, name)) {
+      if (ends_with(group.embedding, name)) {
         tied_entries.push_back(name);
         continue;
       }
-      for (const NamedModule* m : tied) {
-        if (ends_with(m->first, name) || is_component_of(m->first, name)) {
+      for (const std::string& tied : group.tied) {
+        if (ends_with(tied, name) || is_component_of(tied, name)) {
           tied_entries.push_back(name);
           break;
         }
@@ -133,7 +103,7 @@ std::vector<AuxiliaryChange> prepare_token_wrappers(const AuxiliaryRequest& requ
       }
       if (!mismatch) {
         for (const std::string& name : tied_entries) {
-          if (std::any_of(tied.begin(), tied.end(), [&](const NamedModule* m) { return m->first == name; })) {
+          if (std::find(group.tied.begin(), group.tied.end(), name) != group.tied.end()) {
             skipped.insert(name);
           }
         }
@@ -169,7 +139,7 @@ std::vector<AuxiliaryChange> prepare_token_wrappers(const AuxiliaryRequest& requ
     out.push_back({prepare_trainable_tokens(layer_request, method, token_rows, home), m.first, m.first + ".token_adapter",
                    m.second, layer->kind});
     done.insert(m.second);
-    if (&m == embedding && !tied_to) embedding_home = home;
+    if (m.first == group.embedding && !tied_to) embedding_home = home;
   };
   for (const auto& [m, rows] : wrapped) {
     if (!skipped.count(entry_of.at(m->second))) prepare(*m, *rows, std::nullopt);
@@ -180,12 +150,14 @@ std::vector<AuxiliaryChange> prepare_token_wrappers(const AuxiliaryRequest& requ
                "tying will not be applied for trainable_token_indices.");
   }
   if (weights_tied && embedding_home && (wrappers.ensure_weight_tying || !mismatch)) {
-    const auto it = std::find_if(wrapped.begin(), wrapped.end(), [&](const auto& w) { return w.first == embedding; });
+    const auto it = std::find_if(wrapped.begin(), wrapped.end(),
+                                 [&](const auto& w) { return w.first->first == group.embedding; });
     DeltaHome home = *embedding_home;
     home.tied = true;
-    home.owner = embedding->first;
-    for (const NamedModule* m : tied) {
-      if (!done.count(m->second)) prepare(*m, *it->second, home);
+    home.owner = group.embedding;
+    for (const NamedModule& m : request.modules) {
+      const bool is_tied = std::find(group.tied.begin(), group.tied.end(), m.first) != group.tied.end();
+      if (is_tied && !done.count(m.second)) prepare(m, *it->second, home);
     }
   }
   return out;
