@@ -465,9 +465,23 @@ TEST(Inject, FromStateDictWithWrongRankSaysSo) {
   EXPECT_TRUE(ModelSnapshot(*model) == before);
 }
 
-TEST(Inject, TargetParametersAreRefused) {
-  auto model = mlp();
-  EXPECT_THROW(peft::inject_adapter_in_model(peft::LoraConfig().target_parameters({{"lin0.weight"}}), model), peft::ConfigError);
+// The parameter-target cases against Python are in tests/methods/lora_target_parameters.cpp.
+TEST(Inject, TargetParametersAdaptTheParameterItself) {
+  torch::manual_seed(0);
+  torch::nn::Sequential model(nn::Linear(6, 5));
+  const auto x = torch::randn({3, 6});
+  torch::NoGradGuard no_grad;
+  const at::Tensor plain = model->forward(x);
+  peft::inject_adapter_in_model(
+      peft::LoraConfig().r(2).target_parameters({{"0.weight"}}).init_lora_weights(false).inference_mode(true), model);
+  EXPECT_EQ(peft::adapter_names(model), std::vector<std::string>{"default"});
+  // The weight holds W + s B A; the layer computes with it.
+  auto params = model->named_parameters();
+  const at::Tensor delta = (8.0 / 2.0) * torch::matmul(params["0.lora_B.default.weight"], params["0.lora_A.default.weight"]);
+  EXPECT_TRUE(torch::allclose(model->forward(x), torch::linear(x, params["0.weight"], params["0.bias"]), 1e-6, 1e-6));
+  EXPECT_TRUE(torch::allclose(peft::get_base_model_state_dict(model)["0.weight"] + delta, params["0.weight"], 1e-6, 1e-6));
+  EXPECT_GT((model->forward(x) - plain).abs().max().item<double>(), 1e-4);
+  EXPECT_EQ(peft::get_peft_model_state_dict(model).size(), 2u);  // 0.lora_A.weight, 0.lora_B.weight
 }
 
 TEST(Inject, CustomLayerWarnsAndFixesFanInFanOut) {

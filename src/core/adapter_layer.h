@@ -140,12 +140,20 @@ class AdapterLayer {
 
   /// Disabled layers run their base output only, and their adapter tensors stop requiring grad; enabling
   /// again gives the active adapters back the trainability the last set_active_adapters gave them.
-  void set_disabled(torch::nn::Module& base, bool disabled);
+  virtual void set_disabled(torch::nn::Module& base, bool disabled);
   bool disabled() const;
 
   /// Every tensor of `adapter` on this layer; `base` is the adapted layer. None where another layer holds them
   /// (tensors_held_elsewhere).
-  std::vector<AdapterTensor> adapter_tensors(const torch::nn::Module& base, const std::string& adapter) const;
+  /// (Layers whose containers nest, LoRA's parameter wrappers, list their tensors themselves.)
+  virtual std::vector<AdapterTensor> adapter_tensors(const torch::nn::Module& base, const std::string& adapter) const;
+  /// After adapter tensors of this layer were written in place (a state dict load): layers whose adapters live in
+  /// the base tensors (LoRA's parameter targets) bring those up to date.
+  virtual void tensors_written(torch::nn::Module& base) {}
+  /// The base layer's parameter `name` as the base model has it (LoRA's target_parameters keep their deltas in it
+  /// while active: the value without them), and the notice that it was overwritten with a base value.
+  virtual at::Tensor base_value(const std::string& name, const at::Tensor& value) const { return value; }
+  virtual void base_tensor_written(const std::string& name) {}
   /// Whether the tensors of `container` stay frozen for `adapter` (Python's frozen_peft_weight_names).
   virtual bool frozen_container(const std::string& adapter, const std::string& container) const { return false; }
 

@@ -208,12 +208,20 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     method->check_new_adapter(*config, existing_configs);
   }
 
-  if (!state_dict && !config->target_modules().is_set()) {
+  const bool targets_parameters = method->targets_parameters(*config);
+  if (state_dict && targets_parameters) {
+    throw ConfigError("Trying to inject a PEFT adapter from a state_dict but the PEFT config uses `target_parameters`. "
+                      "This is not supported -- when using `target_parameters`, please inject the adapter without the "
+                      "state_dict.");
+  }
+  if (!state_dict && !config->target_modules().is_set() && !targets_parameters) {
     ConfigFields::set_target_modules(*config, method->default_target_modules());
   }
-  if (!state_dict && !config->target_modules().is_set()) {
+  if (!state_dict && !config->target_modules().is_set() && !targets_parameters) {
     throw ConfigError("Please specify `target_modules` or `target_parameters`in `peft_config`");
   }
+  // Python's _prepare_model (LoRA's layer_replication) changes the model before matching; undone unless committed.
+  const std::unique_ptr<ModelPreparation> preparation = method->prepare_model(*config, model);
   expand_all_linear(*config, model);
 
   // ---- phase 1: which layers
@@ -267,7 +275,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
       std::vector<std::string> names(by_keys.begin(), by_keys.end());
       ConfigFields::set_target_modules(*config, TargetModules(std::move(names)));
     }
-  } else {
+  } else if (config->target_modules().is_set()) {
     const TargetMatcher matcher(*config);
     for (const Candidate& c : modules) {
       switch (matcher.match(c.name)) {
@@ -278,7 +286,8 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     }
   }
 
-  if (targets.empty()) {
+  // With parameter targets the builder decides once it has matched them (prepare_auxiliary).
+  if (targets.empty() && !targets_parameters) {
     if (!excluded.empty() && unmatched.empty()) {
       throw NoMatchingPeftModuleError(
           "All modules were excluded. This is likely unintended. Check your `target_modules`, `exclude_modules` and "
@@ -375,7 +384,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
     }
   }
   // What the adapter brings along beyond targets and copies (LoRA's trainable tokens, tied copies).
-  AuxiliaryRequest aux_request{named_modules, requests, shared_config, adapter_name, low_cpu_mem_usage,
+  AuxiliaryRequest aux_request{model, named_modules, requests, shared_config, adapter_name, low_cpu_mem_usage,
                                [&](const std::string& name) -> std::shared_ptr<torch::nn::Module> {
                                  auto it = saved_copies.find(name);
                                  return it == saved_copies.end() ? nullptr : prepared_copy(*it->second);
@@ -390,6 +399,7 @@ void inject_checked(const PeftConfig& user_config, torch::nn::Module& model, con
   for (LayerKind kind : routed_kinds) check_routing(kind);
 
   // ---- phase 3: commit
+  if (preparation) preparation->keep();
   for (auto& change : pending) change->commit();
   activate_after_injection(model, adapter_name, *config);
 }

@@ -36,6 +36,7 @@ const char* layer_kind_name(LayerKind kind) {
 #undef PEFT_CASE
     case LayerKind::LinearLike: return "LinearLike";
     case LayerKind::MultiheadAttention: return "MultiheadAttention";
+    case LayerKind::Parameter: return "Parameter";
   }
   return "?";
 }

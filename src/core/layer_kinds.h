@@ -25,6 +25,9 @@ enum class LayerKind {
   // torch::nn::MultiheadAttention: routed by libpeft_interpose's own forward (query, key, value, ...), not through
   // PEFT_ROUTED_LAYERS' one-tensor forwards. Its "weight" is in_proj_weight (3 * embed_dim, embed_dim).
   MultiheadAttention,
+  // A module one of whose parameters LoRA's target_parameters adapts (Python's lora.ParamWrapper): nothing is routed,
+  // the delta is added to the parameter itself while the adapter is active (tuners/lora/param_wrapper.h).
+  Parameter,
 };
 
 /// "Linear", "Conv2d", ..., "LinearLike".
@@ -44,7 +47,8 @@ decltype(auto) with_layer_type(LayerKind kind, F&& f) {
     PEFT_ROUTED_LAYERS(PEFT_CASE)
 #undef PEFT_CASE
     case LayerKind::LinearLike:
-    case LayerKind::MultiheadAttention: break;
+    case LayerKind::MultiheadAttention:
+    case LayerKind::Parameter: break;
   }
   TORCH_INTERNAL_ASSERT(false, "with_layer_type: ", layer_kind_name(kind), " has no LibTorch layer type");
 }

@@ -15,6 +15,7 @@
 
 #include <peft/error.h>
 
+#include "core/method.h"
 #include "core/model_adapters.h"
 #include "core/sample_routing.h"
 #include "core/tensor_slots.h"
@@ -184,6 +185,10 @@ void merge_adapter(ModuleRef model_ref, const std::vector<std::string>& requeste
   torch::nn::Module& model = model_ref.get();
   const std::vector<std::string> names = requested.empty() ? active_adapters(model) : requested;
   require_known(model, names);
+  for (const auto& config : detail::collect_adapters(model).configs()) {  // Python's _check_merge_allowed
+    const detail::Method* method = detail::find_method(config->peft_type());
+    if (const std::string why = method ? method->merge_refusal(*config) : ""; !why.empty()) throw MergeError(why);
+  }
   const std::vector<AdaptedLayer> layers = detail::adapted_layers(model);
   std::set<std::string> already;
   for (const AdaptedLayer& layer : layers) {

@@ -40,6 +40,7 @@ struct LayerRequest {
 
 /// What an injection adapts, for the changes it makes beside its targets (AdapterBuilder::prepare_auxiliary).
 struct AuxiliaryRequest {
+  torch::nn::Module& model;
   const std::vector<std::pair<std::string, torch::nn::Module*>>& modules;  // every module of the model, named
   const std::vector<LayerRequest>& targets;                              // the layers the injection adapts
   std::shared_ptr<const PeftConfig> config;
@@ -83,6 +84,23 @@ class AdapterBuilder {
   virtual std::vector<AuxiliaryChange> prepare_auxiliary(const AuxiliaryRequest& request) { return {}; }
 };
 
+/// A change of the model's structure an injection makes before it matches its targets (Python's _prepare_model:
+/// LoRA's layer_replication). It is made at once, as matching must see it; the injection keeps it when it commits,
+/// and destroying it un-kept undoes it, so a failed injection leaves the model as it was.
+class ModelPreparation {
+ public:
+  explicit ModelPreparation(std::function<void()> undo) : undo_(std::move(undo)) {}
+  ModelPreparation(const ModelPreparation&) = delete;
+  ModelPreparation& operator=(const ModelPreparation&) = delete;
+  ~ModelPreparation() {
+    if (undo_) undo_();
+  }
+  void keep() noexcept { undo_ = nullptr; }
+
+ private:
+  std::function<void()> undo_;  // must not throw
+};
+
 class Method {
  public:
   virtual ~Method() = default;
@@ -123,6 +141,13 @@ class Method {
   virtual TargetModules default_target_modules() const { return {}; }
   /// Why configs of this method cannot be injected layer by layer (X-LoRA: made with peft::XLoraModel), or "".
   virtual std::string injection_refusal() const { return {}; }
+  /// Python's _prepare_model: changes the model's structure before targets are matched, or returns nullptr (most
+  /// methods). Throws, changing nothing, where it cannot.
+  virtual std::unique_ptr<ModelPreparation> prepare_model(const PeftConfig& config, torch::nn::Module& model) const {
+    return nullptr;
+  }
+  /// Why a model carrying an adapter with this config cannot be merged (Python's _check_merge_allowed), or "".
+  virtual std::string merge_refusal(const PeftConfig& config) const { return {}; }
   /// Starts one injection. `config` is the injection's own copy (targets expanded), which the builder may
   /// adjust as Python PEFT adjusts its config (e.g. fan_in_fan_out for the layer type found).
   virtual std::unique_ptr<AdapterBuilder> start_injection(PeftConfig& config) const = 0;
@@ -135,6 +160,9 @@ class Method {
   /// Whether the adapter trains tokens (TrainableTokens; LoRA with trainable_token_indices): Python then saves
   /// no targeted embedding whole under save_embedding_layers "auto".
   virtual bool uses_trainable_tokens(const PeftConfig& config) const { return false; }
+  /// Whether the config adapts parameters themselves (LoRA's target_parameters): an injection may then match no
+  /// module, and the builder's prepare_auxiliary adapts the parameters and reports what matched.
+  virtual bool targets_parameters(const PeftConfig& config) const { return false; }
   /// Final touches to an adapter's checkpoint state dict (AdaLoRA keeps only the allocated ranks).
   virtual void adjust_checkpoint(const PeftConfig& config, StateDict& state_dict) const {}
   /// The inverse, before a checkpoint is matched to the adapter's tensors: VB-LoRA's save_only_topk_weights files

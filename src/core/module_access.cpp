@@ -1,5 +1,7 @@
 #include "core/module_access.h"
 
+#include <torch/nn/modules/container/modulelist.h>
+
 namespace peft::detail {
 namespace {
 
@@ -20,12 +22,23 @@ struct BuffersTag {
   friend type member_pointer(BuffersTag);
 };
 
+struct ModulesTag {
+  using type = ModuleVector torch::nn::ModuleListImpl::*;
+  friend type member_pointer(ModulesTag);
+};
+
 template struct MemberPointer<ChildrenTag, &torch::nn::Module::children_>;
+template struct MemberPointer<ModulesTag, &torch::nn::ModuleListImpl::modules_>;
 template struct MemberPointer<BuffersTag, &torch::nn::Module::buffers_>;
 
 }  // namespace
 
 ChildMap torch::nn::Module::*const kChildrenMember = member_pointer(ChildrenTag{});
 TensorMap torch::nn::Module::*const kBuffersMember = member_pointer(BuffersTag{});
+
+ModuleVector& modules_of(torch::nn::ModuleListImpl& list) {
+  static ModuleVector torch::nn::ModuleListImpl::*const member = member_pointer(ModulesTag{});
+  return list.*member;
+}
 
 }  // namespace peft::detail

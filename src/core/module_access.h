@@ -9,9 +9,14 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/ordered_dict.h>
+
+namespace torch::nn {
+class ModuleListImpl;
+}  // namespace torch::nn
 
 namespace peft::detail {
 
@@ -31,6 +36,10 @@ struct ParametersAccess : torch::nn::Module {
   static const TensorMap& of(const torch::nn::Module& module) { return module.*(&ParametersAccess::parameters_); }
 };
 inline TensorMap& parameters_of(torch::nn::Module& module) { return ParametersAccess::of(module); }
+
+/// The entries of a ModuleList (its private modules_, which its iteration reads), for changing the list in place.
+using ModuleVector = std::vector<std::shared_ptr<torch::nn::Module>>;
+ModuleVector& modules_of(torch::nn::ModuleListImpl& list);
 inline const TensorMap& parameters_of(const torch::nn::Module& module) { return ParametersAccess::of(module); }
 
 }  // namespace peft::detail

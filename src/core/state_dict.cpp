@@ -346,7 +346,9 @@ StateDict get_peft_model_state_dict(ConstModuleRef model_ref, const std::string&
 StateDict get_base_model_state_dict(ConstModuleRef model_ref) {
   StateDict out;
   for (const BaseTensor& t : model_tensors(model_ref.get(), "", /*python_names=*/false)) {
-    if (!out.contains(t.key)) out.insert(t.key, slot_tensor(t.slot));
+    if (out.contains(t.key)) continue;
+    const detail::AdapterLayer* adapters = t.slot.is_buffer ? nullptr : detail::adapter_layer_of(*t.slot.owner);
+    out.insert(t.key, adapters ? adapters->base_value(t.slot.name, slot_tensor(t.slot)) : slot_tensor(t.slot));
   }
   return out;
 }
@@ -402,7 +404,12 @@ LoadResult set_base_model_state_dict(ModuleRef model_ref, const StateDict& state
     throw StateDictError(message);
   }
   at::NoGradGuard no_grad;
-  for (const auto& [slot, value] : plan) slot_tensor(*slot).copy_(*value);
+  for (const auto& [slot, value] : plan) {
+    slot_tensor(*slot).copy_(*value);
+    if (detail::AdapterLayer* adapters = slot->is_buffer ? nullptr : detail::adapter_layer_of(*slot->owner)) {
+      adapters->base_tensor_written(slot->name);
+    }
+  }
   return result;
 }
 
@@ -529,6 +536,8 @@ LoadResult set_peft_model_state_dict(ModuleRef model_ref, const StateDict& given
       });
     }
   }
+  // Adapters whose deltas live in base tensors (LoRA's target_parameters) follow their new values.
+  for (const AdaptedLayer& layer : layers) layer.adapters->tensors_written(*layer.module);
   if (!result.mismatched_keys.empty()) {
     std::string lines;
     for (const MismatchedKey& m : result.mismatched_keys) {

@@ -121,7 +121,8 @@ std::vector<AdaptedModuleInfo> describe_adapted_modules(const PeftConfig& config
                                 std::to_string(found));
       }
     }
-    if (info.rank && info.config_rank && *info.rank != *info.config_rank) {
+    // A parameter target's factors hold r rows per expert (Python's ParamWrapper): their rank is not the config's.
+    if (info.rank && info.config_rank && *info.rank != *info.config_rank && !method.targets_parameters(config)) {
       info.problems.push_back("rank " + std::to_string(*info.rank) + " in the file, but the config gives " +
                               std::to_string(*info.config_rank) + " (" + fields.rank +
                               (fields.rank_pattern.empty() ? "" : " / " + fields.rank_pattern) + ")");

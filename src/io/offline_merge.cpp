@@ -162,6 +162,7 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
     throw MergeError(config.peft_type() + " adapters cannot be merged into weights (Python PEFT cannot either). " +
                      refusal);
   }
+  if (const std::string why = method.merge_refusal(config); !why.empty()) throw MergeError(why);  // layer_replication
   if (config.peft_type() != "TRAINABLE_TOKENS" && method.uses_trainable_tokens(config)) {
     throw MergeError("This " + config.peft_type() + " adapter trains tokens too (trainable_token_indices), whose rows "
                      "an offline merge does not write yet: merge it on the model (load_adapter, then merge_and_unload).");
@@ -169,6 +170,10 @@ OfflineMergeResult merge_into_weights(const PeftConfig& config, const StateDict&
   if (const detail::ConfigField* tying = method.field("ensure_weight_tying"); tying && tying->value(config) == true) {
     throw MergeError("This adapter ties layers to the input embedding (ensure_weight_tying), which share one weight in "
                      "the model but not in a weights file: merge it on the model (load_adapter, then merge_and_unload).");
+  }
+  if (method.targets_parameters(config)) {
+    throw MergeError("This adapter adapts parameters (target_parameters), whose checkpoint keys name their wrappers' "
+                     "nesting, not the parameters: merge it on the model (load_adapter, then merge_and_unload).");
   }
   OfflineMergeResult result;
 

@@ -96,6 +96,7 @@ bool needs_routing(const torch::nn::Module& module, LayerKind kind) {
 #undef PEFT_CASE
     case LayerKind::LinearLike: return false;
     case LayerKind::MultiheadAttention: return true;  // no drop-in
+    case LayerKind::Parameter: return false;            // the parameter carries the delta; no call to reach
   }
   return true;
 }

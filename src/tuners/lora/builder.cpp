@@ -25,6 +25,7 @@
 #include "tuners/lora/dora.h"
 #include "tuners/lora/init.h"
 #include "tuners/lora/layer.h"
+#include "tuners/lora/param_wrapper.h"
 #include "tuners/lora/weight_tying.h"
 #include "tuners/trainable_tokens/wrapper.h"
 
@@ -128,6 +129,7 @@ class LoraBuilder final : public BuilderOf<LoraConfig> {
     TORCH_INTERNAL_ASSERT(awaiting_embedding_.empty(), "ensure_weight_tying: the embedding '", tying_.embedding,
                           "' was not adapted");
     std::vector<AuxiliaryChange> out = tied_copies(request, tying_);
+    for (AuxiliaryChange& change : prepare_parameter_targets(request, config_)) out.push_back(std::move(change));
     if (!config_.trainable_token_indices()) return out;
     trainable_tokens::WrapperRequest wrappers;
     if (const auto* list = std::get_if<std::vector<int64_t>>(&*config_.trainable_token_indices())) {

@@ -171,6 +171,12 @@ void hotswap_adapter(ModuleRef model, const StateDict& state_dict, const std::st
   const PeftConfig& incoming = config ? *config : *current;
   check_hotswap_configs_compatible(*current, incoming);
   const auto& lora = dynamic_cast<const LoraConfig&>(incoming);
+  for (const LoraConfig* c : {&lora, dynamic_cast<const LoraConfig*>(current.get())}) {
+    if (c && c->target_parameters() && !c->target_parameters()->empty()) {
+      throw ConfigError("hotswap_adapter does not swap adapters with `target_parameters` (their deltas live in the "
+                        "parameters): load the new adapter with load_adapter and switch with set_adapter.");
+    }
+  }
 
   struct Slot {
     const LoraLayerRef* layer;

@@ -17,7 +17,7 @@ class LoraFamilyMethod : public MethodOf<Config> {
   void python_only_lora_fields(bool lora_itself = false) {
     this->unsupported("megatron_config", "Megatron parallel layers are not supported");
     if (!lora_itself) this->unsupported("trainable_token_indices", "trainable tokens are not supported yet");
-    this->unsupported("layer_replication", "layer replication is not supported");
+    if (!lora_itself) this->unsupported("layer_replication", "layer replication is not supported");
     if (!lora_itself) this->unsupported("alora_invocation_tokens", "aLoRA is only available for LoRA");
     this->unsupported("use_qalora", "QA-LoRA is not supported", false);
     this->unsupported("velora_config", "VeLoRA is not supported");

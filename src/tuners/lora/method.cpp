@@ -8,6 +8,7 @@
 #include "tuners/lora/arrow.h"
 #include "tuners/lora/builder.h"
 #include "tuners/lora/init.h"
+#include "tuners/lora/layer_replication.h"
 #include "tuners/lora/lora_family.h"
 
 namespace peft::detail::lora {
@@ -79,6 +80,31 @@ nlohmann::json write_alora_tokens(const LoraConfig& config) {
   return config.alora_invocation_tokens() ? nlohmann::json(*config.alora_invocation_tokens()) : nlohmann::json();
 }
 
+// layer_replication: null or a list of [start, end] pairs (Python's Optional[list[tuple[int, int]]]).
+void read_layer_replication(JsonConfigReader& in, LoraConfig& config) {
+  const nlohmann::json* value = in.raw("layer_replication");
+  if (!value || value->is_null()) return;
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  if (value->is_array()) {
+    for (const auto& range : *value) {
+      if (!range.is_array() || range.size() != 2 || !range[0].is_number_integer() || !range[1].is_number_integer()) {
+        in.fail("layer_replication", "holds " + range.dump() + ", not a [start, end] pair of layer indices");
+      }
+      ranges.emplace_back(range[0].get<int64_t>(), range[1].get<int64_t>());
+    }
+    config.layer_replication(std::move(ranges));
+    return;
+  }
+  in.fail("layer_replication", "must be null or a list of [start, end] pairs, got " + value->dump());
+}
+
+nlohmann::json write_layer_replication(const LoraConfig& config) {
+  if (!config.layer_replication()) return nullptr;
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [start, end] : *config.layer_replication()) out.push_back({start, end});
+  return out;
+}
+
 class Lora final : public LoraFamilyMethod<LoraConfig> {
  public:
   Lora() : LoraFamilyMethod("lora_") {
@@ -102,18 +128,14 @@ class Lora final : public LoraFamilyMethod<LoraConfig> {
     field(PEFT_FIELD(alpha_pattern));
     field(PEFT_FIELD(use_dora));
     field(PEFT_FIELD(lora_bias));
-    field(PEFT_FIELD(target_parameters)).check([](const std::string&, const std::optional<std::vector<std::string>>& v) {
-      if (v && !v->empty()) {
-        throw ConfigError("`target_parameters` (adapting nn.Parameters directly) is not supported by peft-cpp; "
-                          "use `target_modules`.");
-      }
-    });
+    field(PEFT_FIELD(target_parameters));
     custom("trainable_token_indices", read_token_indices, write_token_indices);
     field(PEFT_FIELD(ensure_weight_tying));
     custom("use_bdlora", [](JsonConfigReader& in, LoraConfig& c) { c.use_bdlora(read_bdlora(in)); },
            [](const LoraConfig& c) { return write_bdlora(c.use_bdlora()); });
     field(PEFT_FIELD(arrow_config));
     custom("alora_invocation_tokens", read_alora_tokens, write_alora_tokens);
+    custom("layer_replication", read_layer_replication, write_layer_replication);
     python_only_lora_fields(/*lora_itself=*/true);
     embedding_containers({"lora_embedding_A", "lora_embedding_B"});
     rank_keys({{"lora_A.weight", 0}, {"lora_B.weight", 1}, {"lora_embedding_A", 0}, {"lora_embedding_B", 1}});
@@ -121,6 +143,28 @@ class Lora final : public LoraFamilyMethod<LoraConfig> {
   }
 
   std::unique_ptr<AdapterBuilder> start(LoraConfig& config) const override { return make_builder(*this, config); }
+
+  // Python's LoraModel._prepare_model, for every injected adapter (a second one with layer_replication replicates
+  // the replicated list again). An empty list replicates nothing, as Python's `if peft_config.layer_replication`.
+  std::unique_ptr<ModelPreparation> prepare_model(const PeftConfig& config, torch::nn::Module& model) const override {
+    const auto& map = static_cast<const LoraConfig&>(config).layer_replication();
+    if (!map || map->empty()) return nullptr;
+    return replicate_layers(model, *map);
+  }
+
+  // Python's _check_merge_allowed means to refuse a model with replicated layers (merging into a shared base
+  // weight would add every copy's delta to all of them), but PEFT 0.20 looks "layer_replication" up among the
+  // adapter names, so it merges; peft-cpp refuses, with Python's text.
+  std::string merge_refusal(const PeftConfig& config) const override {
+    const auto* lora = dynamic_cast<const LoraConfig*>(&config);
+    if (!lora || !lora->layer_replication() || lora->layer_replication()->empty()) return {};
+    return "Cannot merge LORA layers when base model layers are replicated";
+  }
+
+  bool targets_parameters(const PeftConfig& config) const override {
+    const auto* lora = dynamic_cast<const LoraConfig*>(&config);
+    return lora && lora->target_parameters() && !lora->target_parameters()->empty();
+  }
 
   bool uses_trainable_tokens(const PeftConfig& config) const override {
     const auto* lora = dynamic_cast<const LoraConfig*>(&config);

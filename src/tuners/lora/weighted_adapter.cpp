@@ -71,6 +71,10 @@ Plan plan(torch::nn::Module& model, const std::vector<std::string>& adapters, co
       throw ConfigError("add_weighted_adapter does not combine '" + adapter + "': its trainable tokens, aLoRA "
                         "invocation or Arrow routing have no weighted form.");
     }
+    if (config->target_parameters() && !config->target_parameters()->empty()) {
+      throw ConfigError("add_weighted_adapter does not combine '" + adapter + "': it adapts parameters "
+                        "(target_parameters), whose deltas live in the parameters themselves.");
+    }
     if (config->use_bdlora()) {
       throw ConfigError("add_weighted_adapter does not combine BD-LoRA adapters ('" + adapter +
                         "'): combining block-diagonal factors is not supported.");

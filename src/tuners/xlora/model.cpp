@@ -14,6 +14,7 @@
 #include <peft/error.h>
 #include <peft/lifecycle.h>
 #include <peft/safetensors.h>
+#include <peft/tuners/lora/config.h>
 
 #include "core/json_config.h"
 #include "core/model_adapters.h"
@@ -78,6 +79,11 @@ void check_expert(const std::string& name, const std::string& directory) {
   if (config->peft_type() != "LORA") {
     throw ConfigError("X-LoRA adapter '" + name + "' (" + directory + ") is a " + config->peft_type() +
                       " adapter; X-LoRA mixes LoRA adapters only.");
+  }
+  const auto& lora = dynamic_cast<const LoraConfig&>(*config);
+  if (lora.target_parameters() && !lora.target_parameters()->empty()) {
+    throw ConfigError("X-LoRA adapter '" + name + "' (" + directory + ") adapts parameters (target_parameters), "
+                      "which X-LoRA cannot mix: its layers are LoRA modules.");
   }
 }
 

@@ -4,6 +4,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -131,6 +132,23 @@ class PEFT_API LoraConfig : public MethodConfig<LoraConfig> {
   TORCH_ARG(std::optional<std::vector<int64_t>>, alora_invocation_tokens);
   /// BD-LoRA: block-diagonal lora_A or lora_B on chosen Linear layers (see BdLoraConfig).
   TORCH_ARG(std::optional<BdLoraConfig>, use_bdlora);
+
+ public:  // (TORCH_ARG leaves the access private)
+  /// Layer replication (Python PEFT's replicate_layers): before the adapter is injected, the model's layer list
+  /// (found by child names: "model" repeatedly, then "bert", then "layers", "encoder"."layer" or "h"; a
+  /// torch::nn::ModuleList of blocks deriving from torch::nn::Cloneable) is rebuilt from [start, end) ranges of its
+  /// layers: {{0, 4}, {2, 5}} turns [0..4] into [0, 1, 2, 3, 2, 3, 4]. Repeated layers share the base parameters,
+  /// each gets its own adapter. Such a model cannot be merged.
+  LoraConfig& layer_replication(OptionalList<std::pair<int64_t, int64_t>> value) {
+    layer_replication_ = std::move(value.value);
+    return *this;
+  }
+  const std::optional<std::vector<std::pair<int64_t, int64_t>>>& layer_replication() const noexcept {
+    return layer_replication_;
+  }
+
+ private:
+  std::optional<std::vector<std::pair<int64_t, int64_t>>> layer_replication_;
 };
 
 }  // namespace peft
