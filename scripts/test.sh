@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds peft-cpp from scratch and runs every test, in three builds:
-#  1. optimised with GCC, the default configuration (calls of torch::nn layers routed by libpeft_interpose):
+#  1. the library optimised with GCC (the test programs at -O0: PEFT_OPTIMIZE_TESTS), the default configuration
+#     (calls of torch::nn layers routed by libpeft_interpose):
 #     unit tests, Python PEFT parity, examples, the peft-cpp tool, the installed package (benchmarks built,
 #     not run);
 #  2. with clang under AddressSanitizer + UndefinedBehaviorSanitizer and -DPEFT_INTERPOSE=OFF (drop-in layers
