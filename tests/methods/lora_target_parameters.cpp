@@ -285,6 +285,11 @@ TEST(LoraTargetParametersModel, RefusalsLeaveTheModelAsItWas) {
   expect_error<peft::ConfigError>(
       [&] { peft::inject_adapter_in_model(base().target_parameters(std::vector<std::string>{"lin0.bias"}), model); },
       "1 dimensional Parameter, but only 2d and 3d are supported");
+  expect_error<peft::ConfigError>([&] { peft::inject_adapter_in_model(
+                                      base().target_parameters(std::vector<std::string>{"lin1.weight"}).modules_to_save({"lin1"}),
+                                      model);
+                                  },
+                                  "is also listed in `modules_to_save`");
   expect_error<peft::NoMatchingPeftModuleError>(
       [&] { peft::inject_adapter_in_model(base().target_parameters(std::vector<std::string>{"nope"}), model); },
       "No `target_modules` passed but also no `target_parameters` found.");

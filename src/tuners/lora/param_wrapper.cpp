@@ -550,6 +550,10 @@ std::vector<AuxiliaryChange> prepare_parameter_targets(const AuxiliaryRequest& r
                           "`target_modules=[]` to prevent it.");
       }
     }
+    if (config.modules_to_save() && matches_modules_to_save(*config.modules_to_save(), name)) {
+      throw ConfigError("target_parameters: '" + name + "' is also listed in `modules_to_save`; a module cannot be "
+                        "both saved whole and carry LoRA on its parameters. Adjust one of the two.");
+    }
     AdapterLayer* existing = adapter_layer_of(*module);
     auto* wrapper = dynamic_cast<ParamWrapperLayer*>(existing);
     if (existing && !wrapper) {
