@@ -542,21 +542,17 @@ std::vector<AuxiliaryChange> prepare_parameter_targets(const AuxiliaryRequest& r
 
   std::vector<AuxiliaryChange> out;
   for (auto& [name, module, params] : owners) {
-    for (const LayerRequest& target : request.targets) {
-      if (target.base.module == module) {
-        throw ConfigError("Trying to wrap an `nn.Parameter` of layer '" + name + "' of type " + short_repr(*module) +
-                          ", which is not a valid target. Make sure that this layer is not also targeted with "
-                          "`target_modules`. For some models, PEFT will do this automatically, try setting "
-                          "`target_modules=[]` to prevent it.");
-      }
-    }
     if (config.modules_to_save() && matches_modules_to_save(*config.modules_to_save(), name)) {
       throw ConfigError("target_parameters: '" + name + "' is also listed in `modules_to_save`; a module cannot be "
                         "both saved whole and carry LoRA on its parameters. Adjust one of the two.");
     }
+    // Python's refusal of a layer that target_modules adapts, in this injection or an earlier one.
     AdapterLayer* existing = adapter_layer_of(*module);
     auto* wrapper = dynamic_cast<ParamWrapperLayer*>(existing);
-    if (existing && !wrapper) {
+    const torch::nn::Module* owner = module;  // (a structured binding cannot be captured in C++17)
+    const bool targeted = std::any_of(request.targets.begin(), request.targets.end(),
+                                      [owner](const LayerRequest& t) { return t.base.module == owner; });
+    if (targeted || (existing && !wrapper)) {
       throw ConfigError("Trying to wrap an `nn.Parameter` of layer '" + name + "' of type " + short_repr(*module) +
                         ", which is not a valid target. Make sure that this layer is not also targeted with "
                         "`target_modules`. For some models, PEFT will do this automatically, try setting "
