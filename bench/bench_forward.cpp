@@ -11,7 +11,7 @@
 
 #include "llama_shaped.h"
 
-namespace peft_bench {
+namespace peft_bench::forward_bench {
 namespace {
 
 struct OneLinearImpl : torch::nn::Module {
@@ -129,4 +129,4 @@ void RoutingDecision(benchmark::State& state) {
 BENCHMARK(RoutingDecision)->Unit(benchmark::kNanosecond)->Repetitions(5);
 
 }  // namespace
-}  // namespace peft_bench
+}  // namespace peft_bench::forward_bench

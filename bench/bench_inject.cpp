@@ -12,7 +12,7 @@
 #include "llama_shaped.h"
 #include "python_reference.h"
 
-namespace peft_bench {
+namespace peft_bench::inject_bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -134,4 +134,4 @@ BENCHMARK_CAPTURE(SetStateDict, llama7b_low_cpu, true, python_ms::kSetStateDict7
 BENCHMARK_CAPTURE(SetStateDict, llama7b, false, python_ms::kSetStateDict7b)->Unit(benchmark::kMillisecond);
 
 }  // namespace
-}  // namespace peft_bench
+}  // namespace peft_bench::inject_bench

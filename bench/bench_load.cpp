@@ -11,7 +11,7 @@
 
 #include "llama_shaped.h"
 
-namespace peft_bench {
+namespace peft_bench::load_bench {
 namespace {
 
 peft::LoraConfig lora() { return peft::LoraConfig().r(16).lora_alpha(32).target_modules(kProjections); }
@@ -67,4 +67,4 @@ BENCHMARK_CAPTURE(LoadAdapterFile, mmap, true)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(LoadAdapterFile, read, false)->Unit(benchmark::kMillisecond);
 
 }  // namespace
-}  // namespace peft_bench
+}  // namespace peft_bench::load_bench

@@ -5,7 +5,7 @@
 
 #include <peft/peft.h>
 
-namespace peft_bench {
+namespace peft_bench::mixed_batch_bench {
 namespace {
 
 struct OneLinearImpl : torch::nn::Module {
@@ -43,4 +43,4 @@ void MixedBatch(benchmark::State& state) {
 BENCHMARK(MixedBatch)->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond);
 
 }  // namespace
-}  // namespace peft_bench
+}  // namespace peft_bench::mixed_batch_bench

@@ -13,7 +13,7 @@
 
 #include "llama_shaped.h"
 
-namespace peft_bench {
+namespace peft_bench::torchscript_bench {
 namespace {
 
 constexpr int64_t kLayers = 32, kHidden = 256, kIntermediate = 688;
@@ -117,4 +117,4 @@ void TorchScriptForward(benchmark::State& state) {
 BENCHMARK(TorchScriptForward)->Unit(benchmark::kMillisecond)->Repetitions(3);
 
 }  // namespace
-}  // namespace peft_bench
+}  // namespace peft_bench::torchscript_bench

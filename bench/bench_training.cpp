@@ -16,7 +16,7 @@
 #include "llama_shaped.h"
 #include "python_reference.h"
 
-namespace peft_bench {
+namespace peft_bench::training_bench {
 namespace {
 
 // examples/finetune_fashion_mnist.cpp's model.
@@ -111,4 +111,4 @@ void TrainStepLlama(benchmark::State& state) {
 BENCHMARK(TrainStepLlama)->Unit(benchmark::kMillisecond)->MinTime(10);
 
 }  // namespace
-}  // namespace peft_bench
+}  // namespace peft_bench::training_bench

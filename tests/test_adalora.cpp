@@ -7,7 +7,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::adalora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -145,4 +145,4 @@ TEST(AdaLora, AllocatorNeedsGradients) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::adalora_test

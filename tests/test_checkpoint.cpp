@@ -17,7 +17,7 @@
 
 extern char** environ;
 
-namespace peft_test {
+namespace peft_test::checkpoint_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -247,4 +247,4 @@ TEST(Checkpoint, InterruptedSavesLeaveTheOldFileIntact) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::checkpoint_test

@@ -5,7 +5,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::config_test {
 namespace {
 
 std::string python_config(const std::string& case_name) {
@@ -208,4 +208,4 @@ TEST(ConfigFile, RejectsWhatCannotBeHonoured) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::config_test

@@ -9,7 +9,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::inject_test {
 namespace {
 
 // The guide's model, as a user writes it.
@@ -494,4 +494,4 @@ TEST(Inject, CustomLayerWarnsAndFixesFanInFanOut) {
 
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::inject_test

@@ -6,7 +6,7 @@
 #include "support/vector_model.h"
 #include "support/vectors.h"
 
-namespace peft_test {
+namespace peft_test::layers_test {
 namespace {
 
 TEST(Layers, UnadaptedLayersComputeWhatLibTorchComputes) {
@@ -178,4 +178,4 @@ TEST(Clone, TransformerEncoderClonesItsLayer) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::layers_test

@@ -10,7 +10,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::lifecycle_test {
 namespace {
 
 constexpr double kOutputAtol = 1e-5;
@@ -512,4 +512,4 @@ TEST(Lifecycle, TrainableParametersInPythonsFormat) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lifecycle_test

@@ -14,7 +14,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::method_variants_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -237,6 +237,10 @@ INSTANTIATE_TEST_SUITE_P(
     UnsupportedLayerName());
 
 }  // namespace
+}  // namespace peft_test::method_variants_test
+
+// Shared with tests/methods/<method>.cpp (declared in support/method_variants.h).
+namespace peft_test {
 
 std::string config_error(const nlohmann::json& adapter_config) {
   try {

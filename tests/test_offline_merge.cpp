@@ -4,7 +4,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::offline_merge_test {
 namespace {
 
 std::vector<std::string> merge_cases() {
@@ -70,4 +70,4 @@ TEST(OfflineMerge, ReportsModulesTheBaseLacks) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::offline_merge_test

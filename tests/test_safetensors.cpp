@@ -5,7 +5,7 @@
 
 #include "support/vectors.h"
 
-namespace peft_test {
+namespace peft_test::safetensors_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -186,4 +186,4 @@ TEST(Safetensors, RefusesToSaveWhatItCannotRepresent) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::safetensors_test

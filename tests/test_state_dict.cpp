@@ -8,7 +8,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::state_dict_test {
 namespace {
 
 VectorModel mlp() {
@@ -213,4 +213,4 @@ TEST(StateDict, ModulesToSaveCopiesTrainWhileTheOriginalDoesNot) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::state_dict_test

@@ -13,6 +13,7 @@
 
 #include "support/layers.h"
 
+namespace peft_test::threads_test {
 namespace {
 
 struct TwoLayersImpl : torch::nn::Module {
@@ -184,3 +185,4 @@ TEST(Threads, OneLayerNeverMixesAdapters) {
 }
 
 }  // namespace
+}  // namespace peft_test::threads_test

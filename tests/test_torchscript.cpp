@@ -13,7 +13,7 @@
 #include "support/errors.h"
 #include "support/vectors.h"
 
-namespace peft_test {
+namespace peft_test::torchscript_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -314,4 +314,4 @@ INSTANTIATE_TEST_SUITE_P(Exports, TorchScriptModel, testing::Values("traced.pt",
                          });
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::torchscript_test

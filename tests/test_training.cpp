@@ -12,7 +12,7 @@
 #include "support/vector_model.h"
 #include "support/vectors.h"
 
-namespace peft_test {
+namespace peft_test::training_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -204,4 +204,4 @@ TEST(Training, FrozenBaseMappedFromAFileIsNeverWritten) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::training_test

@@ -6,7 +6,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::vectors_lora_test {
 namespace {
 
 constexpr double kAtol = 1e-5;
@@ -130,4 +130,4 @@ TEST(LoraVectorsSeed, SameSeedGivesPythonsInitialAdapter) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::vectors_lora_test

@@ -10,7 +10,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::vectors_methods_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -135,4 +135,4 @@ INSTANTIATE_TEST_SUITE_P(Vectors, MethodVectors, testing::ValuesIn(method_cases(
                          [](const auto& info) { return info.param; });
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::vectors_methods_test

@@ -17,7 +17,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::adamss_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -173,4 +173,4 @@ TEST(Adamss, AsaMatchesPython) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::adamss_test

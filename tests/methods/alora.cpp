@@ -21,7 +21,7 @@
 #include "support/warnings.h"
 #include "support/scratch.h"
 
-namespace peft_test {
+namespace peft_test::alora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -240,4 +240,4 @@ TEST(Alora, RefusedWhereVariantsCannotCombine) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::alora_test

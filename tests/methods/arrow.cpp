@@ -17,7 +17,7 @@
 #include "support/vectors.h"
 #include "support/scratch.h"
 
-namespace peft_test {
+namespace peft_test::arrow_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -306,4 +306,4 @@ TEST(ArrowErrors, RouterWithoutTaskAdaptersSaysSo) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::arrow_test

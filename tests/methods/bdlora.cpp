@@ -15,7 +15,7 @@
 #include "support/vectors.h"
 #include "support/scratch.h"
 
-namespace peft_test {
+namespace peft_test::bdlora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -279,4 +279,4 @@ TEST(BdLoraErrors, RefusedAsPythonRefuses) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::bdlora_test

@@ -11,7 +11,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::beft_test {
 namespace {
 
 INSTANTIATE_TEST_SUITE_P(
@@ -71,4 +71,4 @@ TEST(Beft, ConfigRefusesFieldsPythonLacks) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::beft_test

@@ -10,7 +10,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::deft_test {
 namespace {
 
 using nlohmann::json;
@@ -232,4 +232,4 @@ TEST(Deft, ConfigChecksArePythons) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::deft_test

@@ -12,7 +12,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::delora_test {
 namespace {
 
 using nlohmann::json;
@@ -148,4 +148,4 @@ TEST(Delora, ConfigErrorsArePythons) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::delora_test

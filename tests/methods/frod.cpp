@@ -12,7 +12,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::frod_test {
 namespace {
 
 INSTANTIATE_TEST_SUITE_P(
@@ -175,4 +175,4 @@ TEST(Frod, TheForwardReconstructsTheWeight) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::frod_test

@@ -12,7 +12,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::glora_test {
 namespace {
 
 INSTANTIATE_TEST_SUITE_P(
@@ -90,4 +90,4 @@ TEST(Glora, ConfigErrorsArePythons) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::glora_test

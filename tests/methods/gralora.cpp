@@ -13,7 +13,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::gralora_test {
 namespace {
 
 using nlohmann::json;
@@ -167,4 +167,4 @@ TEST(Gralora, Gpt2Conv1DMatchesTheLinearForm) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::gralora_test

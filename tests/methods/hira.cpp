@@ -14,7 +14,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::hira_test {
 namespace {
 
 using nlohmann::json;
@@ -251,4 +251,4 @@ TEST(Hira, Gpt2Conv1DMatchesTheLinearForm) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::hira_test

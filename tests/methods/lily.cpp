@@ -18,7 +18,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::lily_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -376,4 +376,4 @@ TEST(Lily, LayersToTransformSelectsBlocks) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lily_test

@@ -10,7 +10,7 @@
 #include "support/small_mlp.h"
 #include "support/vectors.h"
 
-namespace peft_test {
+namespace peft_test::lora_init_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -95,4 +95,4 @@ TEST(LoraInitMica, LoraBStaysFrozen) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lora_init_test

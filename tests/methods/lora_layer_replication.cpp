@@ -19,7 +19,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::lora_layer_replication_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -370,4 +370,4 @@ TEST(LoraLayerReplication, ConfigJson) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lora_layer_replication_test

@@ -17,7 +17,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::lora_mha_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -295,4 +295,4 @@ TEST(LoraAttention, WhatIsRefused) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lora_mha_test

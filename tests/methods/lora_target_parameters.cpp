@@ -18,7 +18,7 @@
 #include "support/scratch.h"
 #include "support/vectors.h"
 
-namespace peft_test {
+namespace peft_test::lora_target_parameters_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -323,4 +323,4 @@ TEST(LoraTargetParametersModel, OfflineMergeAndWeightedAdaptersRefuse) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lora_target_parameters_test

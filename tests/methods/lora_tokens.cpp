@@ -19,7 +19,7 @@
 #include "support/warnings.h"
 #include "support/scratch.h"
 
-namespace peft_test {
+namespace peft_test::lora_tokens_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -349,4 +349,4 @@ TEST(LoraTokensConfig, JsonRoundTrip) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::lora_tokens_test

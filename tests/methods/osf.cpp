@@ -13,7 +13,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::osf_test {
 namespace {
 
 INSTANTIATE_TEST_SUITE_P(
@@ -214,4 +214,4 @@ TEST(Osf, ConfigReadsAndWritesEveryPythonField) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::osf_test

@@ -12,7 +12,7 @@
 #include "support/snapshot.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::peanut_test {
 namespace {
 
 using nlohmann::json;
@@ -169,4 +169,4 @@ TEST(Peanut, OfflineMergeMatchesPython) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::peanut_test

@@ -16,7 +16,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::poly_test {
 namespace {
 
 using nlohmann::json;
@@ -133,4 +133,4 @@ TEST(Poly, ConfigChecksUsePythonsTexts) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::poly_test

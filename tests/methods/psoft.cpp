@@ -18,7 +18,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::psoft_test {
 namespace {
 
 using nlohmann::json;
@@ -167,4 +167,4 @@ TEST(Psoft, ConfigChecksAsPythonDoes) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::psoft_test

@@ -10,7 +10,7 @@
 #include "methods/shared_tensor_checks.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::pvera_test {
 namespace {
 
 using nlohmann::json;
@@ -211,4 +211,4 @@ TEST(Pvera, NotSavingTheProjectionsWarnsAsPythonDoes) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::pvera_test

@@ -10,7 +10,7 @@
 #include "methods/shared_tensor_checks.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::randlora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -166,4 +166,4 @@ TEST(RandLora, SparseBasesAreTernaryAndNormalised) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::randlora_test

@@ -12,7 +12,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::road_test {
 namespace {
 
 using nlohmann::json;
@@ -189,4 +189,4 @@ TEST(Road, GroupSizeMustDivideOutFeatures) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::road_test

@@ -16,7 +16,7 @@
 #include "support/vectors.h"
 #include "support/scratch.h"
 
-namespace peft_test {
+namespace peft_test::save_as_lora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -134,4 +134,4 @@ TEST(SaveAsLoraErrors, SubtractMutatedInitStacksAAndNegatedB) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::save_as_lora_test

@@ -12,7 +12,7 @@
 #include "support/snapshot.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::shared_basis_suite_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -279,4 +279,4 @@ INSTANTIATE_TEST_SUITE_P(
     [](const testing::TestParamInfo<SharedBasisMethod>& info) { return info.param.prefix; });
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::shared_basis_suite_test

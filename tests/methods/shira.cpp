@@ -14,7 +14,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::shira_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -235,4 +235,4 @@ TEST(Shira, ConfigJsonRoundTrip) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::shira_test

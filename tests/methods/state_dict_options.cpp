@@ -14,7 +14,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::state_dict_options_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -504,4 +504,4 @@ TEST(StateDictOptions, RescaleAdapterScaleCoversAdaLora) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::state_dict_options_test

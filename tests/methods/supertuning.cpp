@@ -14,7 +14,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::supertuning_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -114,4 +114,4 @@ TEST(Supertuning, ConfigErrorsArePythons) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::supertuning_test

@@ -14,7 +14,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::tinylora_test {
 namespace {
 
 using nlohmann::json;
@@ -233,4 +233,4 @@ TEST(TinyLora, OfflineMergeMatchesPython) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::tinylora_test

@@ -13,7 +13,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::trainable_tokens_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -480,4 +480,4 @@ TEST(TrainableTokensTied, TheTiedHeadAloneIsRefused) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::trainable_tokens_test

@@ -15,7 +15,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::unilora_test {
 namespace {
 
 using nlohmann::json;
@@ -158,4 +158,4 @@ TEST(UniLora, OfflineMergeNeedsTheLayersOrTheModel) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::unilora_test

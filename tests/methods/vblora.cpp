@@ -10,7 +10,7 @@
 #include "support/snapshot.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::vblora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -211,4 +211,4 @@ TEST(VBLoRA, OfflineMergeUsesTheSharedBank) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::vblora_test

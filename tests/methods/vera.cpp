@@ -11,7 +11,7 @@
 #include "support/snapshot.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::vera_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -209,4 +209,4 @@ TEST(Vera, MisshapedOrMissingProjectionInAStateDictIsRefusedByNameAndChangesNoth
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::vera_test

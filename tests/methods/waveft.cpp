@@ -13,7 +13,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::waveft_test {
 namespace {
 
 using nlohmann::json;
@@ -273,4 +273,4 @@ TEST(WaveFT, BFloat16LayersFollowTheFloat32Update) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::waveft_test

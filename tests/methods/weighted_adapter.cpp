@@ -13,7 +13,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::weighted_adapter_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -139,4 +139,4 @@ TEST(WeightedAdapterChecks, BadCallsAreRefusedAndTheModelKept) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::weighted_adapter_test

@@ -15,7 +15,7 @@
 #include "support/vectors.h"
 #include "support/warnings.h"
 
-namespace peft_test {
+namespace peft_test::xlora_test {
 namespace {
 
 namespace fs = std::filesystem;
@@ -325,4 +325,4 @@ TEST(XLora, ScalingsLogAndSettings) {
 }
 
 }  // namespace
-}  // namespace peft_test
+}  // namespace peft_test::xlora_test
