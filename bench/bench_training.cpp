@@ -31,8 +31,11 @@ struct ClassifierImpl : torch::nn::Module {
 };
 TORCH_MODULE(Classifier);
 
-/// Times `step` (LoRA) in the benchmark loop, then as many `full_step`s (every base parameter trained) after it;
-/// reports steps/s and the ratios to Python PEFT and to full fine-tuning. The two are not interleaved step by step:
+/// Times `step` (LoRA) in the benchmark loop, then as many `base_pass`es (the frozen base model's own forward and
+/// backward to its input, no adapter: about the least a LoRA step can cost in either runtime, since both run the same
+/// base GEMMs; it also computes the first layer's input gradients, which a LoRA step skips), then as many
+/// `full_step`s (every base parameter trained); reports steps/s and the ratios to Python PEFT, to that floor and to
+/// full fine-tuning. The three are not interleaved step by step:
 /// a full step evicts the LoRA model's weights from the caches, which slowed the next LoRA step of the Llama-shaped
 /// stack by half again (Python's figure comes from LoRA steps alone).
 /// Python's figure for this process's threads: the one-thread one when OMP_NUM_THREADS=1 was set before the start
@@ -43,7 +46,7 @@ double python_figure(double default_threads, double one_thread) {
 }
 
 void time_steps(benchmark::State& state, const std::function<void()>& step, const std::function<void()>& full_step,
-                double python_steps_per_s) {
+                const std::function<void()>& base_pass, double python_steps_per_s) {
   using Clock = std::chrono::steady_clock;
   for (int i = 0; i < 3; ++i) step();
   Clock::duration lora{};
@@ -54,17 +57,38 @@ void time_steps(benchmark::State& state, const std::function<void()>& step, cons
     lora += Clock::now() - start;
     ++iterations;
   }
+  for (int i = 0; i < 3; ++i) base_pass();
+  const auto base_start = Clock::now();
+  for (int64_t i = 0; i < iterations; ++i) base_pass();
+  const Clock::duration base = Clock::now() - base_start;
   for (int i = 0; i < 3; ++i) full_step();
   const auto start = Clock::now();
   for (int64_t i = 0; i < iterations; ++i) full_step();
   const Clock::duration full = Clock::now() - start;
-  const double lora_s = std::chrono::duration<double>(lora).count() / static_cast<double>(iterations);
-  const double full_s = std::chrono::duration<double>(full).count() / static_cast<double>(iterations);
+  const auto per_step = [&](Clock::duration d) {
+    return std::chrono::duration<double>(d).count() / static_cast<double>(iterations);
+  };
+  const double lora_s = per_step(lora), full_s = per_step(full), base_s = per_step(base);
   state.counters["steps_per_s"] = 1 / lora_s;
   state.counters["full_finetune_steps_per_s"] = 1 / full_s;
+  state.counters["base_fwd_bwd_per_s"] = 1 / base_s;
+  state.counters["vs_base"] = lora_s / base_s;
   state.counters["python_steps_per_s"] = python_steps_per_s;
   state.counters["threads"] = torch::get_num_threads();
   state.counters["vs_python"] = (1 / lora_s) / python_steps_per_s;
+}
+
+/// The frozen `model`'s forward and backward to a copy of `input` (every parameter frozen, no optimizer).
+template <typename Model>
+std::function<void()> frozen_base_pass(Model model, const torch::Tensor& input,
+                                       std::function<torch::Tensor(const torch::Tensor&)> loss) {
+  for (auto& p : model->parameters()) p.requires_grad_(false);
+  model->train();
+  const torch::Tensor x = input.clone().requires_grad_(true);
+  return [model, x, loss]() mutable {
+    loss(model->forward(x)).backward();
+    x.mutable_grad().reset();
+  };
 }
 
 /// zero_grad, forward, `loss`, backward, step.
@@ -90,6 +114,8 @@ void TrainStepClassifier(benchmark::State& state) {
   time_steps(state,
              training_step([&] { return torch::cross_entropy_loss(model->forward(images), labels); }, optimizer),
              training_step([&] { return torch::cross_entropy_loss(full->forward(images), labels); }, full_optimizer),
+             frozen_base_pass(Classifier(), images,
+                              [&](const torch::Tensor& y) { return torch::cross_entropy_loss(y, labels); }),
              python_figure(python_steps_per_s::kTrainClassifier, python_steps_per_s::kTrainClassifierOneThread));
 }
 BENCHMARK(TrainStepClassifier)->Unit(benchmark::kMillisecond)->MinTime(5);
@@ -106,6 +132,8 @@ void TrainStepLlama(benchmark::State& state) {
   torch::optim::AdamW full_optimizer(full->parameters(), torch::optim::AdamWOptions(1e-3));
   time_steps(state, training_step([&] { return model->forward(tokens).pow(2).mean(); }, optimizer),
              training_step([&] { return full->forward(tokens).pow(2).mean(); }, full_optimizer),
+             frozen_base_pass(LlamaShaped(4, 512, 1376, BaseWeights::Filled), tokens,
+                              [](const torch::Tensor& y) { return y.pow(2).mean(); }),
              python_figure(python_steps_per_s::kTrainLlama, python_steps_per_s::kTrainLlamaOneThread));
 }
 BENCHMARK(TrainStepLlama)->Unit(benchmark::kMillisecond)->MinTime(10);

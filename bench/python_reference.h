@@ -18,16 +18,18 @@ constexpr double kSetStateDict7b = 52.1;
 }  // namespace peft_bench::python_ms
 
 // Python PEFT's training steps per second for bench_training.cpp's models, from bench/python_training.py (reference
-// environment, torch 1.13.1, same machine type, default threads = 2); last run 2026-12-07 16:25 UTC on a quiet
-// machine, minutes after the C++ benchmark (TrainStepLlama at one thread: 7.17 - 7.63 steps/s, 1.09x - 1.16x these
-// 6.58). With OMP_NUM_THREADS=1 (one thread for torch and OpenBLAS) the same script gave 734.7 and 6.58 steps/s.
-// This VM's 2-thread timings vary 1.5-3x between runs (bench/README.md).
+// environment, torch 1.13.1, same machine type), medians of the runs of 2026-12-07 21:30 - 22:50 UTC on a quiet
+// machine, interleaved with the C++ benchmark. Default threads: LibTorch's own (one intra-op thread on this 2-vCPU VM
+// in both runtimes; OpenBLAS one per core): 824.7, 747.8, 784.6 and 11.24, 10.22, 10.83 steps/s. The figures recorded
+// before came from the script forcing torch to 2 threads on top of OpenBLAS's 2, which oversubscribed the cores and
+// made Python ~3x slower than its default (223.5 and 3.48 steps/s). OMP_NUM_THREADS=1 (one thread for torch and
+// OpenBLAS): 715.0, 751.0, 723.8, 563.3 and 6.60, 6.19, 6.90, 6.33 steps/s. This VM's timings move 5-10 % between runs.
 namespace peft_bench::python_steps_per_s {
 
-constexpr double kTrainClassifier = 223.5;
-constexpr double kTrainLlama = 3.48;
+constexpr double kTrainClassifier = 784.6;
+constexpr double kTrainLlama = 10.83;
 // OMP_NUM_THREADS=1 (bench.sh's one-thread run).
-constexpr double kTrainClassifierOneThread = 734.7;
-constexpr double kTrainLlamaOneThread = 6.58;
+constexpr double kTrainClassifierOneThread = 719.4;
+constexpr double kTrainLlamaOneThread = 6.47;
 
 }  // namespace peft_bench::python_steps_per_s

@@ -1,11 +1,13 @@
 """Times a LoRA training step in Python PEFT for bench/bench_training.cpp's two models, on the same LibTorch.
 
 Runs in the reference environment (the workplace's reference/README.md: Debian's python3-torch 1.13.1 and a git
-checkout of PEFT), with one thread per core as C++ LibTorch takes by default (Debian's Python torch starts with one):
+checkout of PEFT), with LibTorch's default threads, as the C++ benchmark runs (the same library picks the same
+number in both: one intra-op thread on the 2-vCPU VM, while OpenBLAS starts one thread per core):
 
     . $REF/env.sh && $PY bench/python_training.py
 
-Prints one JSON object: steps per second of each model (the median of 5 runs of N steps, after warm-up steps).
+Prints one JSON object: steps per second of each model (the median of 5 runs of N steps, after warm-up steps), and
+how many forward + backward passes per second the frozen base model alone runs (the floor of a LoRA step).
 Record the figures in bench/python_reference.h (kTrain*): the C++ benchmark reports its speed against them.
 
 The models, identical in bench_training.cpp:
@@ -16,7 +18,6 @@ The models, identical in bench_training.cpp:
   v_proj, AdamW(lr 1e-3), loss mean(y^2) on a (4, 64, 512) batch.
 """
 import json
-import os
 import statistics
 import sys
 import time
@@ -88,13 +89,36 @@ def steps_per_second(model, optimizer, x, loss_fn, steps, warmup=3, runs=5):
     return statistics.median(rates)
 
 
+def base_passes_per_second(model, x, loss_fn, steps, warmup=3, runs=5):
+    """The frozen model's forward and backward to its input, as bench_training.cpp's floor (no adapter, no optimizer)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train()
+    x = x.clone().requires_grad_(True)
+
+    def step():
+        loss_fn(model(x)).backward()
+        x.grad = None
+
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rates.append(steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
 def main():
-    # --threads N: torch's threads. OpenBLAS keeps one thread per core unless OMP_NUM_THREADS (or
-    # OPENBLAS_NUM_THREADS) is set before the start: run with OMP_NUM_THREADS=N to compare with C++ at N threads.
-    threads = os.cpu_count()
+    # --threads N: torch's intra-op threads (default: LibTorch's own choice, which the C++ benchmark keeps too).
+    # OpenBLAS keeps one thread per core unless OMP_NUM_THREADS (or OPENBLAS_NUM_THREADS) is set before the start:
+    # run with OMP_NUM_THREADS=N to compare with C++ at N threads. Forcing torch to one thread per core here while
+    # OpenBLAS also ran one per core (as this script once did) oversubscribed the cores and made Python ~3x slower
+    # than its default.
     if len(sys.argv) == 3 and sys.argv[1] == "--threads":
-        threads = int(sys.argv[2])
-    torch.set_num_threads(threads)
+        torch.set_num_threads(int(sys.argv[2]))
     torch.manual_seed(0)
     results = {"torch": torch.__version__, "peft": peft.__version__, "threads": torch.get_num_threads()}
 
@@ -111,6 +135,10 @@ def main():
     tokens = torch.randn(4, 64, 512)
     optimizer = torch.optim.AdamW([p for p in llama.parameters() if p.requires_grad], lr=1e-3)
     results["llama_steps_per_s"] = steps_per_second(llama, optimizer, tokens, lambda y: y.pow(2).mean(), steps=10)
+    results["classifier_base_fwd_bwd_per_s"] = base_passes_per_second(
+        Classifier(), images, lambda y: nn.functional.cross_entropy(y, labels), steps=200)
+    results["llama_base_fwd_bwd_per_s"] = base_passes_per_second(
+        LlamaShaped(), tokens, lambda y: y.pow(2).mean(), steps=10)
     print(json.dumps(results, indent=2))
 
 
