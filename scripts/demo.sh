@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 build=${BUILD_DIR:-build/demo}
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPEFT_BUILD_TESTS=OFF >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPEFT_UNITY_BUILD=ON -DPEFT_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)" --target peft-cpp
 "$build/tools/peft-cpp" demo --out "$build/demo-output"
