@@ -57,18 +57,16 @@ void time_steps(benchmark::State& state, const std::function<void()>& step, cons
     lora += Clock::now() - start;
     ++iterations;
   }
-  for (int i = 0; i < 3; ++i) base_pass();
-  const auto base_start = Clock::now();
-  for (int64_t i = 0; i < iterations; ++i) base_pass();
-  const Clock::duration base = Clock::now() - base_start;
-  for (int i = 0; i < 3; ++i) full_step();
-  const auto start = Clock::now();
-  for (int64_t i = 0; i < iterations; ++i) full_step();
-  const Clock::duration full = Clock::now() - start;
-  const auto per_step = [&](Clock::duration d) {
-    return std::chrono::duration<double>(d).count() / static_cast<double>(iterations);
+  // Seconds per call of `f` over as many calls as the benchmark loop made, after 3 warm-up calls.
+  const auto seconds_per_call = [iterations](const std::function<void()>& f) {
+    for (int i = 0; i < 3; ++i) f();
+    const auto start = Clock::now();
+    for (int64_t i = 0; i < iterations; ++i) f();
+    return std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(iterations);
   };
-  const double lora_s = per_step(lora), full_s = per_step(full), base_s = per_step(base);
+  const double base_s = seconds_per_call(base_pass);
+  const double full_s = seconds_per_call(full_step);
+  const double lora_s = std::chrono::duration<double>(lora).count() / static_cast<double>(iterations);
   state.counters["steps_per_s"] = 1 / lora_s;
   state.counters["full_finetune_steps_per_s"] = 1 / full_s;
   state.counters["base_fwd_bwd_per_s"] = 1 / base_s;

@@ -71,13 +71,8 @@ class LlamaShaped(nn.Module):
         return x
 
 
-def steps_per_second(model, optimizer, x, loss_fn, steps, warmup=3, runs=5):
-    def step():
-        optimizer.zero_grad()
-        loss = loss_fn(model(x))
-        loss.backward()
-        optimizer.step()
-
+def rate(step, steps, warmup=3, runs=5):
+    """Calls of `step` per second: the median of `runs` runs of `steps` calls, after `warmup` calls."""
     for _ in range(warmup):
         step()
     rates = []
@@ -89,7 +84,17 @@ def steps_per_second(model, optimizer, x, loss_fn, steps, warmup=3, runs=5):
     return statistics.median(rates)
 
 
-def base_passes_per_second(model, x, loss_fn, steps, warmup=3, runs=5):
+def steps_per_second(model, optimizer, x, loss_fn, steps):
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(model(x))
+        loss.backward()
+        optimizer.step()
+
+    return rate(step, steps)
+
+
+def base_passes_per_second(model, x, loss_fn, steps):
     """The frozen model's forward and backward to its input, as bench_training.cpp's floor (no adapter, no optimizer)."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -100,15 +105,7 @@ def base_passes_per_second(model, x, loss_fn, steps, warmup=3, runs=5):
         loss_fn(model(x)).backward()
         x.grad = None
 
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(steps / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return rate(step, steps)
 
 
 def main():
