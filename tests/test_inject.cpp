@@ -1,7 +1,10 @@
 // inject_adapter_in_model on unmodified LibTorch models: structure, forward, errors (with Python PEFT's
 // texts from tests/data/vectors/errors/errors.json), trainability, meta-device injection, state-dict injection.
 
+#include <cstdlib>
 #include <fstream>
+
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "support/layers.h"
 #include "support/snapshot.h"
@@ -180,6 +183,52 @@ TEST(Inject, LibTorchOwnModulesRouteToo) {
   }
   EXPECT_TRUE(ModelSnapshot(*layer) == before);
   EXPECT_TRUE(torch::equal(layer->forward(x), base));
+}
+
+at::Tensor global_generator_state() { return at::detail::getDefaultCPUGenerator().get_state(); }
+
+struct ThreeKindsImpl : torch::nn::Module {
+  ThreeKindsImpl() {
+    register_module("emb", nn::Embedding(10, 8));
+    register_module("conv", nn::Conv2d(torch::nn::Conv2dOptions(2, 4, 3)));
+    register_module("fc", nn::Linear(8, 8));
+  }
+};
+TORCH_MODULE(ThreeKinds);
+
+// Seed, build, inject: where the global generator stands for the program's next draw.
+at::Tensor generator_after_seeded_injection() {
+  torch::manual_seed(0);
+  ThreeKinds model;
+  peft::inject_adapter_in_model(peft::LoraConfig().r(2).target_modules({"emb", "conv", "fc"}), model);
+  return global_generator_state();
+}
+
+// As in Python PEFT, injection draws the adapters' init from the global generator and nothing else. The first
+// injection of a process also checks, once per layer kind, that calls reach adapters (with small probe layers whose
+// constructors draw): it must leave the generator where every later injection does. Each test runs in a fresh
+// process (a "threadsafe" death test starts the binary again), where nothing has been probed yet.
+TEST(Inject, FirstInjectionOfAProcessDrawsOnlyTheAdapterInit) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        const at::Tensor first = generator_after_seeded_injection();
+        const at::Tensor later = generator_after_seeded_injection();
+        std::exit(torch::equal(first, later) ? 0 : 1);
+      },
+      testing::ExitedWithCode(0), "");
+}
+
+TEST(Inject, RoutesTorchLayersDrawsNothing) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        torch::manual_seed(0);
+        const at::Tensor before = global_generator_state();
+        peft::routes_torch_layers();
+        std::exit(torch::equal(before, global_generator_state()) ? 0 : 1);
+      },
+      testing::ExitedWithCode(0), "");
 }
 
 TEST(Inject, RefusesTheOutputProjectionOfMultiheadAttention) {

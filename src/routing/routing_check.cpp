@@ -3,6 +3,7 @@
 #include <map>
 #include <mutex>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/modules/activation.h>
 
 #include <peft/error.h>
@@ -57,7 +58,30 @@ bool probe_attention() {
   return probe_reached;
 }
 
+// A probe layer's constructor draws its default init from LibTorch's global CPU generator (every kind but
+// LayerNorm; Conv and MultiheadAttention refuse the empty shapes that would draw nothing). Injection must draw only
+// the adapters' init, as Python PEFT does, or what a seeded program draws after its first injection would differ
+// from what it draws after any later one: the generator is put back as it was.
+class KeepGlobalGenerator {
+ public:
+  KeepGlobalGenerator() : generator_(at::detail::getDefaultCPUGenerator()) {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    state_ = generator_.get_state();
+  }
+  ~KeepGlobalGenerator() {
+    std::lock_guard<std::mutex> lock(generator_.mutex());
+    generator_.set_state(state_);
+  }
+  KeepGlobalGenerator(const KeepGlobalGenerator&) = delete;
+  KeepGlobalGenerator& operator=(const KeepGlobalGenerator&) = delete;
+
+ private:
+  at::Generator generator_;
+  at::Tensor state_;
+};
+
 bool probe(LayerKind kind) {
+  const KeepGlobalGenerator keep;  // the constructors below lock the generator themselves
   if (kind == LayerKind::MultiheadAttention) return probe_attention();
   return with_layer_type(kind, [kind](auto* type) {
     using Layer = std::remove_pointer_t<decltype(type)>;
