@@ -19,9 +19,6 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 #include <zlib.h>
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 #include <peft/distributed.h>
 #include <peft/peft.h>
@@ -134,14 +131,6 @@ void train(Classifier& model, torch::optim::Optimizer& optimizer, const Split& d
 }  // namespace
 
 int main(int argc, char** argv) {
-#if defined(__GLIBC__)
-  // A training step frees its activations and gradients together; by default glibc may then hand the top of the heap
-  // back to the kernel, and the next step page-faults it in again. Keeping freed memory for reuse made full training
-  // of this example's model (the pre-training below) ~3x faster (bench/README.md, "Training"); the LoRA step did not
-  // change. Any LibTorch training program can do the same.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 256 << 20);
-#endif
   CLI::App app{"Fine-tune a LoRA adapter on Fashion-MNIST"};
   std::string data = "/usr/share/datasets/fashion-mnist", out = "fashion-mnist-lora";
   int epochs = 2, world_size = 1;
@@ -160,6 +149,9 @@ int main(int argc, char** argv) {
 
   try {
     const auto start = std::chrono::steady_clock::now();
+    // Every step allocates the same tensors again: keep freed ones for reuse instead of page-faulting them back in
+    // from the kernel (<peft/cpu_memory_cache.h>). Made before the process group's threads start.
+    peft::CpuMemoryCache cache;
     Job job;
     if (std::getenv("RANK")) {
       const auto env = peft::distributed::Environment::from_env();

@@ -184,5 +184,43 @@ TEST(Threads, OneLayerNeverMixesAdapters) {
   EXPECT_GT(saw_b.load(), 0);
 }
 
+// peft::CpuMemoryCache serves every thread: training steps on three threads at once (each its own model) reuse
+// each other's freed blocks and still compute what one thread alone computes.
+TEST(Threads, CpuMemoryCacheServesConcurrentTrainingSteps) {
+  // Models and inputs are drawn on this thread (torch::manual_seed is process-wide); the steps draw nothing.
+  const auto make = [](int seed) {
+    torch::manual_seed(seed);
+    TwoLayers model;
+    peft::inject_adapter_in_model(peft::LoraConfig().r(4).target_modules({"first", "second"}), model);
+    return std::make_pair(model, torch::randn({512, 16}));  // 32 KiB activations, freed on every thread
+  };
+  const auto train = [](TwoLayers model, const at::Tensor& x) {
+    torch::optim::SGD optimizer(peft::trainable_tensors(model), torch::optim::SGDOptions(0.1));
+    for (int step = 0; step < 20; ++step) {
+      optimizer.zero_grad();
+      model->forward(x).pow(2).mean().backward();
+      optimizer.step();
+    }
+    return model->second->named_parameters()["lora_B.default.weight"].clone();
+  };
+  std::vector<at::Tensor> expected;
+  for (int seed = 0; seed < 3; ++seed) {
+    const auto made = make(seed);
+    expected.push_back(train(made.first, made.second));
+  }
+  std::vector<at::Tensor> got(3);
+  {
+    peft::CpuMemoryCache cache;
+    std::vector<std::thread> workers;
+    for (int seed = 0; seed < 3; ++seed) {
+      const auto made = make(seed);
+      workers.emplace_back([&got, &train, seed, made] { got[seed] = train(made.first, made.second); });
+    }
+    for (auto& w : workers) w.join();
+  }
+  for (int seed = 0; seed < 3; ++seed) EXPECT_TRUE(torch::equal(got[seed], expected[seed])) << seed;
+  EXPECT_GT(expected[0].abs().sum().item<float>(), 0.f);  // the steps did train
+}
+
 }  // namespace
 }  // namespace peft_test::threads_test

@@ -5,6 +5,7 @@
 #include <peft/adapter_info.h>
 #include <peft/checkpoint.h>
 #include <peft/config.h>
+#include <peft/cpu_memory_cache.h>
 #include <peft/error.h>
 #include <peft/inject.h>
 #include <peft/layers.h>

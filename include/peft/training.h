@@ -4,6 +4,7 @@
 //
 //   peft::inject_adapter_in_model(peft::LoraConfig().target_modules({"q_proj", "v_proj"}), model);
 //   torch::optim::AdamW optimizer(peft::trainable_tensors(model), torch::optim::AdamWOptions(1e-3));
+//   peft::CpuMemoryCache cache;  // <peft/cpu_memory_cache.h>: each step reuses the last one's freed memory
 //   ... loss.backward(); optimizer.step(); optimizer.zero_grad();
 //   peft::save_adapter(model, "out");   // Python PEFT's layout, atomic: safe to call every N steps
 //
