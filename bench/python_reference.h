@@ -18,19 +18,19 @@ constexpr double kSetStateDict7b = 52.1;
 }  // namespace peft_bench::python_ms
 
 // Python PEFT's training steps per second for bench_training.cpp's models, from bench/python_training.py (reference
-// environment, torch 1.13.1, same machine type), medians of the runs of 2026-12-07 21:30 - 23:35 UTC on a quiet
-// machine, interleaved with the C++ benchmark. Default threads: LibTorch's own (one intra-op thread on this 2-vCPU VM
-// in both runtimes; OpenBLAS one per core): 824.7, 747.8, 784.6, 908.5, 856.4 and 11.24, 10.22, 10.83, 12.05, 10.69
-// steps/s. The figures recorded
-// before came from the script forcing torch to 2 threads on top of OpenBLAS's 2, which oversubscribed the cores and
-// made Python ~3x slower than its default (223.5 and 3.48 steps/s). OMP_NUM_THREADS=1 (one thread for torch and
-// OpenBLAS): 715.0, 751.0, 723.8, 563.3 and 6.60, 6.19, 6.90, 6.33 steps/s. This VM's timings move 5-10 % between runs.
+// environment, torch 1.13.1, same machine type): medians of the runs of 2026-12-08 00:59 - 01:41 UTC, each
+// interleaved with a run of the C++ benchmark on an otherwise idle machine (bench/README.md, "Training").
+// Default threads (LibTorch's own: one intra-op thread on this 2-vCPU VM in both runtimes; OpenBLAS one per core):
+// 546.4, 565.8, 762.6, 797.0, 781.6, 634.5, 780.3 and 8.81, 10.19, 9.87, 11.20, 8.66, 9.32, 8.42 steps/s.
+// OMP_NUM_THREADS=1 (one thread for torch and OpenBLAS): 722.8, 791.4, 654.9 and 6.97, 7.22, 6.44 steps/s.
+// The previous session's figures (2026-12-07, also interleaved) were 824.7 / 10.83 and 719.4 / 6.47: this VM's
+// timings move 5-20 % between runs and between days, hence a comparison within one session.
 namespace peft_bench::python_steps_per_s {
 
-constexpr double kTrainClassifier = 824.7;
-constexpr double kTrainLlama = 10.83;
+constexpr double kTrainClassifier = 762.6;
+constexpr double kTrainLlama = 9.32;
 // OMP_NUM_THREADS=1 (bench.sh's one-thread run).
-constexpr double kTrainClassifierOneThread = 719.4;
-constexpr double kTrainLlamaOneThread = 6.47;
+constexpr double kTrainClassifierOneThread = 722.8;
+constexpr double kTrainLlamaOneThread = 6.97;
 
 }  // namespace peft_bench::python_steps_per_s
