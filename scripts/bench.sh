@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 build=${BUILD_DIR:-build/bench}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPEFT_BUILD_TESTS=OFF -DPEFT_BUILD_EXAMPLES=OFF -DPEFT_BUILD_TOOLS=OFF >/dev/null
-cmake --build "$build" -j"$(nproc)" --target peft_bench peft_bench_memory peft_bench_distributed peft_bench_report
+cmake --build "$build" -j"$(nproc)" --target peft_bench peft_bench_memory peft_bench_distributed peft_bench_cpu_memory_cache \
+  peft_bench_report
 out="$build/results"
 mkdir -p "$out"
 "$build/bench/peft_bench" --benchmark_format=json --benchmark_out="$out/bench.json" --benchmark_out_format=json 2>/dev/null >/dev/null
@@ -20,8 +21,9 @@ rm -f "$adapter"
 "$build/bench/peft_bench_memory" "$adapter" >"$out/memory.json"
 rm -f "$adapter"
 "$build/bench/peft_bench_distributed" >"$out/distributed.json"
+"$build/bench/peft_bench_cpu_memory_cache" >"$out/cpu_memory_cache.json"
 "$build/bench/peft_bench_report" "$out/bench.json" "$out/memory.json" "$out/distributed.json" \
-  "$out/bench_one_thread.json" >"$out/table.md"
+  "$out/bench_one_thread.json" "$out/cpu_memory_cache.json" >"$out/table.md"
 # Replace the table between the markers in bench/README.md.
 awk -v table="$out/table.md" '
   /<!-- results:begin -->/ { print; while ((getline line < table) > 0) print line; skip = 1; next }
