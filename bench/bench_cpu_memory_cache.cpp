@@ -39,11 +39,8 @@ double median(std::vector<double> values) {
 
 int main(int argc, char** argv) {
   const int steps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 30;
-  using peft_bench::BaseWeights;
   torch::manual_seed(0);
-  peft_bench::LlamaShaped model(4, 512, 1376, BaseWeights::Filled);
-  peft::inject_adapter_in_model(peft::LoraConfig().r(16).lora_alpha(32).target_modules({"q_proj", "v_proj"}), model);
-  model->train();
+  peft_bench::LlamaShaped model = peft_bench::lora_training_model();
   const torch::Tensor tokens = torch::randn({4, 64, 512});
   torch::optim::AdamW optimizer(peft::trainable_tensors(model), torch::optim::AdamWOptions(1e-3));
   const auto step = [&] {

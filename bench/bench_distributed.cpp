@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -30,13 +31,11 @@ double seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // One rank: `steps` timed steps after two untimed ones; rank 0 writes its figures to `out`.
 int worker(const std::string& out, int steps) {
   torch::set_num_threads(1);
+  peft::CpuMemoryCache cache;  // as a peft-cpp training loop runs; made before the process group's threads
   const auto env = peft::distributed::Environment::from_env();
   const auto group = peft::distributed::init_gloo(env);
   torch::manual_seed(0);
-  peft_bench::LlamaShaped model(4, 512, 1376, peft_bench::BaseWeights::Filled);
-  peft::inject_adapter_in_model(peft::LoraConfig().r(16).lora_alpha(32).target_modules({"q_proj", "v_proj"}), model);
-  peft::mark_only_adapters_as_trainable(model);
-  model->train();
+  peft_bench::LlamaShaped model = peft_bench::lora_training_model();
   peft::distributed::broadcast_trainable(model, *group);
   torch::manual_seed(1 + env.rank);  // each rank its own shard
   const torch::Tensor tokens = torch::randn({4, 64, 512});
@@ -85,6 +84,9 @@ int main(int argc, char** argv) {
   try {
     if (argc == 4 && std::string(argv[1]) == "--worker") return worker(argv[2], std::stoi(argv[3]));
     const int steps = argc > 1 ? std::stoi(argv[1]) : 20;
+    // One thread per rank in both runs, OpenBLAS's too (it reads OMP_NUM_THREADS at start): peft-cpp launch sets it
+    // only for jobs of several processes, and the one-rank run would otherwise get a BLAS thread per core.
+    ::setenv("OMP_NUM_THREADS", "1", /*overwrite=*/0);
     const nlohmann::json one = run(1, steps), two = run(2, steps);
     std::cout << nlohmann::json{{"one_rank", one},
                                 {"two_ranks", two},

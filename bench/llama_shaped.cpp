@@ -1,6 +1,8 @@
 #include "llama_shaped.h"
 
+#include <peft/inject.h>
 #include <peft/layers.h>
+#include <peft/tuners/lora/config.h>
 
 namespace peft_bench {
 
@@ -40,6 +42,13 @@ torch::Tensor LlamaShapedImpl::forward(torch::Tensor x) {
     x = x + p[6](p[4](x) * p[5](x));
   }
   return x;
+}
+
+LlamaShaped lora_training_model() {
+  LlamaShaped model(4, 512, 1376, BaseWeights::Filled);
+  peft::inject_adapter_in_model(peft::LoraConfig().r(16).lora_alpha(32).target_modules({"q_proj", "v_proj"}), model);
+  model->train();
+  return model;
 }
 
 }  // namespace peft_bench

@@ -25,4 +25,9 @@ TORCH_MODULE(LlamaShaped);
 /// The LoRA config of the reference timings: r=16, alpha=32 on the 7 projections.
 extern const std::vector<std::string> kProjections;
 
+/// The training benchmarks' model (bench_training.cpp, bench_distributed.cpp, bench_cpu_memory_cache.cpp and
+/// python_training.py): 4 layers, hidden 512, intermediate 1376, weights N(0, 0.02), LoRA r=16 alpha=32 on q_proj
+/// and v_proj (only the adapter trains), in training mode. Draws from the global generator.
+LlamaShaped lora_training_model();
+
 }  // namespace peft_bench

@@ -9,17 +9,9 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
-// Under AddressSanitizer a cached block is poisoned, so that a use after free is still reported.
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PEFT_ASAN 1
-#endif
-#elif defined(__SANITIZE_ADDRESS__)
-#define PEFT_ASAN 1
-#endif
-#ifdef PEFT_ASAN
+// Under AddressSanitizer a cached block is poisoned, so that a use after free is still reported (the macros do
+// nothing in other builds).
 #include <sanitizer/asan_interface.h>
-#endif
 
 namespace peft {
 namespace {
@@ -34,22 +26,6 @@ struct Header {
 // Blocks this large come from mmap (glibc's default threshold is 128 KiB) and get a colour.
 constexpr size_t kColourFrom = size_t{64} << 10;
 Header& header_of(void* data) { return *reinterpret_cast<Header*>(static_cast<char*>(data) - kHeader); }
-
-void poison(void* data, size_t size) {
-#ifdef PEFT_ASAN
-  ASAN_POISON_MEMORY_REGION(data, size);
-#else
-  (void)data, (void)size;
-#endif
-}
-
-void unpoison(void* data, size_t size) {
-#ifdef PEFT_ASAN
-  ASAN_UNPOISON_MEMORY_REGION(data, size);
-#else
-  (void)data, (void)size;
-#endif
-}
 
 // Process-wide and never destroyed: a tensor allocated here may be freed at any time, even during exit.
 struct Cache {
@@ -75,10 +51,10 @@ Cache& cache() {
   return *instance;
 }
 
-// The cache holds tensors' data pointers.
-void free_blocks(const std::vector<void*>& cached) {
+// Gives the blocks behind cached data pointers back to the system.
+void free_cached(const std::vector<void*>& cached) {
   for (void* data : cached) {
-    unpoison(data, header_of(data).size);
+    ASAN_UNPOISON_MEMORY_REGION(data, header_of(data).size);
     c10::free_cpu(header_of(data).block);
   }
 }
@@ -92,7 +68,7 @@ void release(void* data) {
     Cache& c = cache();
     std::lock_guard<std::mutex> lock(c.mutex);
     if (c.active && c.cached_bytes + size <= c.max_bytes) {
-      poison(data, size);
+      ASAN_POISON_MEMORY_REGION(data, size);
       c.free_blocks[size].push_back(data);
       c.cached_bytes += size;
       return;
@@ -114,7 +90,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       data = static_cast<char*>(block) + colour + kHeader;
       header_of(data) = {size, block};
     }
-    unpoison(data, size);
+    ASAN_UNPOISON_MEMORY_REGION(data, size);
     c10::profiledCPUMemoryReporter().New(data, nbytes);
     return {data, data, &release, cpu};
   }
@@ -173,7 +149,7 @@ CpuMemoryCache::~CpuMemoryCache() {
     c.active = false;
     blocks = c.take_all();
   }
-  free_blocks(blocks);
+  free_cached(blocks);
 }
 
 size_t CpuMemoryCache::cached_bytes() const {
@@ -189,7 +165,7 @@ void CpuMemoryCache::empty_cache() {
     std::lock_guard<std::mutex> lock(c.mutex);
     blocks = c.take_all();
   }
-  free_blocks(blocks);
+  free_cached(blocks);
 }
 
 }  // namespace peft
